@@ -1,0 +1,20 @@
+"""keras-vit: Vision Transformers for Keras 3 that train on any backend and ship to the edge."""
+
+from keras_vit import layers
+from keras_vit.errors import KerasViTError, UserInputError
+from keras_vit.model import VisionTransformer
+from keras_vit.presets import PRESETS, count_params, create_model, list_presets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "KerasViTError",
+    "UserInputError",
+    "VisionTransformer",
+    "__version__",
+    "count_params",
+    "create_model",
+    "layers",
+    "list_presets",
+]

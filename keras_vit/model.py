@@ -1,0 +1,177 @@
+"""The Vision Transformer classifier as a functional ``keras.Model``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import keras
+
+from keras_vit.errors import UserInputError
+from keras_vit.layers import PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock
+
+#: How raw 0..255 pixels become the model's input: ``input = (raw * scale - mean) / std``.
+IDENTITY_PREPROCESSING: dict[str, Any] = {"scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise UserInputError(f"image_size must be an int or (height, width), got {value!r}.")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class VisionTransformer(keras.Model):
+    """ViT image classifier: patches -> tokens -> pre-norm encoder blocks -> LayerNorm -> head.
+
+    Input: float images ``(B, H, W, C)``, already preprocessed as ``self.preprocessing`` says.
+    Output: logits ``(B, num_classes)``.
+
+    Layer names follow timm (``blocks.{i}.attn.qkv`` becomes ``block_{i}/attn/qkv``), so weights map
+    one to one.
+
+    Args:
+        image_size: ``S`` or ``(H, W)``.
+        patch_size: side of the square patches.
+        channels: image channels.
+        num_classes: size of the classification head.
+        hidden_dim: token width.
+        depth: number of encoder blocks.
+        num_heads: attention heads per block.
+        mlp_dim: MLP hidden width.
+        dropout: dropout in the blocks and on the embedded tokens.
+        attention_dropout: dropout on attention weights.
+        drop_path: maximum stochastic-depth rate, increased linearly over the blocks.
+        qkv_bias: bias on q/k/v.
+        layer_norm_epsilon: LayerNorm epsilon.
+        pooling: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens).
+        class_names: optional label names, stored with the model and written into exports.
+        preprocessing: ``{"scale", "mean", "std"}`` mapping raw pixels to the model input.
+        preset: name of the preset the model was built from, if any.
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        channels: int = 3,
+        num_classes: int = 1000,
+        hidden_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+        layer_norm_epsilon: float = 1e-6,
+        pooling: str = "token",
+        class_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        preset: str | None = None,
+        **kwargs,
+    ):
+        height, width = _pair(image_size)
+        if height % patch_size or width % patch_size:
+            raise UserInputError(
+                f"image_size {height}x{width} is not a multiple of patch_size {patch_size}."
+            )
+        if int(channels) < 1 or int(num_classes) < 1:
+            raise UserInputError("channels and num_classes must be positive integers.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise UserInputError(
+                f"{len(class_names)} class names given for a model with {num_classes} classes."
+            )
+        grid = (height // patch_size, width // patch_size)
+        num_patches = grid[0] * grid[1]
+
+        images = keras.Input(shape=(height, width, channels), name="images")
+        patches = PatchExtractor(patch_size, name="patch_extractor")(images)
+        x = PatchEncoder(
+            num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder"
+        )(patches)
+        for i in range(depth):
+            rate = drop_path * i / max(depth - 1, 1)
+            x = TransformerEncoderBlock(
+                num_heads,
+                mlp_dim,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                drop_path=rate,
+                qkv_bias=qkv_bias,
+                layer_norm_epsilon=layer_norm_epsilon,
+                name=f"block_{i}",
+            )(x)
+        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
+        x = TokenPooling(pooling, num_prefix_tokens=1, name="pool")(x)
+        logits = keras.layers.Dense(num_classes, name="head", dtype="float32")(x)
+        super().__init__(inputs=images, outputs=logits, **kwargs)
+
+        self.image_size = (height, width)
+        self.patch_size = int(patch_size)
+        self.channels = int(channels)
+        self.num_classes = int(num_classes)
+        self.hidden_dim = int(hidden_dim)
+        self.depth = int(depth)
+        self.num_heads = int(num_heads)
+        self.mlp_dim = int(mlp_dim)
+        self.dropout = float(dropout)
+        self.attention_dropout = float(attention_dropout)
+        self.drop_path = float(drop_path)
+        self.qkv_bias = bool(qkv_bias)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.pooling = pooling
+        self.class_names = list(class_names) if class_names is not None else None
+        self.preprocessing = dict(preprocessing or IDENTITY_PREPROCESSING)
+        self.preset = preset
+
+    @property
+    def blocks(self) -> list[TransformerEncoderBlock]:
+        """The encoder blocks, in order."""
+        return [self.get_layer(f"block_{i}") for i in range(self.depth)]
+
+    def attention_scores(self, images) -> list:
+        """Attention weights of every block, ``depth`` tensors of ``(B, heads, T, T)``.
+
+        Runs the model's own layers (inference mode) on preprocessed ``images``; token 0 is the class
+        token, tokens ``1..N`` the patches in row-major order.
+        """
+        x = self.get_layer("patch_encoder")(self.get_layer("patch_extractor")(images), training=False)
+        scores = []
+        for block in self.blocks:
+            x, weights = block(x, training=False, return_attention_scores=True)
+            scores.append(weights)
+        return scores
+
+    def get_config(self) -> dict[str, Any]:
+        # A JSON round trip turns Keras' tracked lists and dicts back into plain ones.
+        return json.loads(json.dumps(self._own_config()))
+
+    def _own_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_size": list(self.image_size),
+            "patch_size": self.patch_size,
+            "channels": self.channels,
+            "num_classes": self.num_classes,
+            "hidden_dim": self.hidden_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "drop_path": self.drop_path,
+            "qkv_bias": self.qkv_bias,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "pooling": self.pooling,
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
+            "preset": self.preset,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)

@@ -1,0 +1,93 @@
+"""Named model configurations and the ``create_model`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from keras_vit.errors import UserInputError
+from keras_vit.model import VisionTransformer
+
+MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
+INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+_TIMM_TINY = dict(hidden_dim=192, depth=12, num_heads=3, mlp_dim=768)
+_TIMM_SMALL = dict(hidden_dim=384, depth=12, num_heads=6, mlp_dim=1536)
+_TIMM_BASE = dict(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072)
+_IMAGENET = dict(image_size=224, patch_size=16, channels=3, num_classes=1000,
+                 preprocessing=INCEPTION_PREPROCESSING)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit_mnist": dict(
+        description="28x28x1, patch 7 (16 patches), the classic tutorial ViT",
+        image_size=28, patch_size=7, channels=1, num_classes=10, hidden_dim=64, depth=6,
+        num_heads=4, mlp_dim=128, dropout=0.1, preprocessing=MNIST_PREPROCESSING,
+    ),
+    "vit_mnist_p4": dict(
+        description="28x28x1, patch 4 (49 patches): the accurate small-image recipe",
+        image_size=28, patch_size=4, channels=1, num_classes=10, hidden_dim=128, depth=6,
+        num_heads=4, mlp_dim=256, dropout=0.1, drop_path=0.1, preprocessing=MNIST_PREPROCESSING,
+    ),
+    "vit_cifar_p4": dict(
+        description="32x32x3, patch 4 (64 patches), for CIFAR-sized images",
+        image_size=32, patch_size=4, channels=3, num_classes=10, hidden_dim=192, depth=6,
+        num_heads=3, mlp_dim=384, dropout=0.1, drop_path=0.1,
+        preprocessing={"scale": 1.0 / 255.0, "mean": [0.4914, 0.4822, 0.4465],
+                       "std": [0.2470, 0.2435, 0.2616]},
+    ),
+    "vit_tiny_patch16_224": dict(description="timm vit_tiny_patch16_224 (ViT-Ti/16)", **_IMAGENET, **_TIMM_TINY),
+    "vit_small_patch16_224": dict(description="timm vit_small_patch16_224 (ViT-S/16)", **_IMAGENET, **_TIMM_SMALL),
+    "vit_base_patch16_224": dict(description="timm vit_base_patch16_224 (ViT-B/16)", **_IMAGENET, **_TIMM_BASE),
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the available presets."""
+    return list(PRESETS)
+
+
+def preset_config(preset: str) -> dict[str, Any]:
+    """The constructor arguments of ``preset`` (a copy), without its description."""
+    if preset not in PRESETS:
+        raise UserInputError(
+            f"Unknown preset {preset!r}. Available presets: {', '.join(PRESETS)}."
+        )
+    config = {k: v for k, v in PRESETS[preset].items() if k != "description"}
+    return {**config, "preset": preset}
+
+
+def create_model(preset: str = "vit_mnist", **overrides: Any) -> VisionTransformer:
+    """Build a :class:`VisionTransformer` from a named preset.
+
+    Any constructor argument can be overridden, e.g. ``create_model("vit_tiny_patch16_224",
+    num_classes=10, image_size=32, channels=1)``. The model outputs logits and is built.
+    """
+    config = preset_config(preset)
+    unknown = set(overrides) - set(VisionTransformer.__init__.__code__.co_varnames) - {"name", "dtype"}
+    if unknown:
+        raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
+    config.update(overrides)
+    if "channels" in overrides and "preprocessing" not in overrides:
+        config["preprocessing"] = _match_channels(config["preprocessing"], config["channels"])
+    config.setdefault("name", preset)
+    return VisionTransformer(**config)
+
+
+def _match_channels(preprocessing: dict[str, Any], channels: int) -> dict[str, Any]:
+    """Adapt per-channel mean/std to another channel count (averaged, or repeated)."""
+    out = dict(preprocessing)
+    for key in ("mean", "std"):
+        values = list(out.get(key, [0.0 if key == "mean" else 1.0]))
+        if len(values) != channels:
+            if len(values) == 1:
+                values = values * channels
+            else:
+                values = [sum(values) / len(values)] * channels
+        out[key] = values
+    return out
+
+
+def count_params(model: keras.Model) -> int:
+    """Total number of parameters (trainable and not)."""
+    return int(sum(int(keras.ops.size(v)) for v in model.weights))
