@@ -50,7 +50,7 @@ def _bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray
             ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
             ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
         )
-        for offset, coeff in zip(range(-1, 3), coeffs):
+        for offset, coeff in zip(range(-1, 3), coeffs, strict=True):
             matrix[i, min(max(base + offset, 0), in_size - 1)] += coeff
     return matrix
 

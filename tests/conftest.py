@@ -57,7 +57,6 @@ def trained_mnist_model(tmp_path_factory):
     Plain ``compile``/``fit`` on purpose: it must not depend on the code under test in the training module.
     """
     import keras
-    import numpy as np
 
     import keras_vit
 

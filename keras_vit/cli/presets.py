@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_vit.presets import PRESETS, create_model, count_params
+    from keras_vit.presets import PRESETS, count_params, create_model
 
     rows = []
     for name, spec in PRESETS.items():

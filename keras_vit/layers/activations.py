@@ -15,4 +15,5 @@ def gelu_erf(x):
     Keras' own exact GELU lowers to TensorFlow's ``Erfc``, which tf2onnx writes as an ONNX op that does
     not exist; ``erf`` converts to the standard ``Erf`` op and is the same function.
     """
+    x = ops.convert_to_tensor(x)
     return 0.5 * x * (1.0 + ops.erf(x * _INV_SQRT2))

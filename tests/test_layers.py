@@ -1,0 +1,144 @@
+"""Shapes, patch order, configs and maths of every layer, on every backend."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vit.errors import UserInputError
+from keras_vit.layers import (
+    MLP,
+    DropPath,
+    MultiHeadSelfAttention,
+    PatchEncoder,
+    PatchExtractor,
+    TokenPooling,
+    TransformerEncoderBlock,
+    gelu_erf,
+)
+
+pytestmark = pytest.mark.backends
+
+
+def test_patch_extractor_shape_mnist():
+    images = np.zeros((2, 28, 28, 1), "float32")
+    assert tuple(PatchExtractor(7)(images).shape) == (2, 16, 49)
+
+
+def test_patch_extractor_row_major_order_against_hand_made_image():
+    # 4x6 image, 2 channels, patch 2: a 2x3 grid. Pixel (r, c, ch) holds 100*r + 10*c + ch.
+    r, c, ch = np.meshgrid(np.arange(4), np.arange(6), np.arange(2), indexing="ij")
+    image = (100 * r + 10 * c + ch).astype("float32")[None]
+    patches = ops.convert_to_numpy(PatchExtractor(2)(image))[0]
+    assert patches.shape == (6, 8)
+    for index in range(6):
+        row, col = divmod(index, 3)  # left to right, then top to bottom
+        expected = image[0, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2, :].reshape(-1)
+        np.testing.assert_array_equal(patches[index], expected)
+    # inside a patch: (row, column, channel) order
+    np.testing.assert_array_equal(patches[0], [0, 1, 10, 11, 100, 101, 110, 111])
+
+
+def test_patch_extractor_rejects_sizes_not_multiple_of_patch():
+    with pytest.raises(UserInputError, match="Image height 30 is not a multiple of the patch size 7"):
+        PatchExtractor(7)(np.zeros((1, 30, 28, 1), "float32"))
+    with pytest.raises(UserInputError, match="width 29 is not a multiple"):
+        PatchExtractor(7)(np.zeros((1, 28, 29, 1), "float32"))
+
+
+def test_patch_encoder_adds_class_token_and_positions():
+    encoder = PatchEncoder(num_patches=16, hidden_dim=8)
+    tokens = encoder(np.random.rand(3, 16, 49).astype("float32"))
+    assert tuple(tokens.shape) == (3, 17, 8)
+    assert tuple(encoder.position_embedding.shape) == (1, 17, 8)
+    # token 0 is the class token plus position 0, the same for every image
+    t = ops.convert_to_numpy(tokens)
+    expected = ops.convert_to_numpy(encoder.cls_token + encoder.position_embedding[:, :1])[0, 0]
+    np.testing.assert_allclose(t[:, 0], np.broadcast_to(expected, (3, 8)), atol=1e-6)
+
+
+def test_attention_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 12)).astype("float32")
+    layer = MultiHeadSelfAttention(num_heads=3)
+    out, weights = layer(x, return_attention_scores=True)
+    wqkv, bqkv = (ops.convert_to_numpy(v) for v in layer.qkv.weights)
+    wo, bo = (ops.convert_to_numpy(v) for v in layer.proj.weights)
+    qkv = (x @ wqkv + bqkv).reshape(2, 5, 3, 3, 4).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(4)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    ref = (a @ v).transpose(0, 2, 1, 3).reshape(2, 5, 12) @ wo + bo
+    np.testing.assert_allclose(ops.convert_to_numpy(out), ref, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(weights), a, atol=1e-6)
+    assert tuple(weights.shape) == (2, 3, 5, 5)
+
+
+def test_attention_rejects_width_not_divisible_by_heads():
+    with pytest.raises(ValueError, match="not divisible by num_heads=3"):
+        MultiHeadSelfAttention(num_heads=3)(np.zeros((1, 4, 8), "float32"))
+
+
+def test_gelu_erf_is_exact_gelu():
+    x = np.linspace(-6, 6, 101).astype("float32")
+    from math import erf, sqrt
+
+    ref = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x.astype("float64")])
+    np.testing.assert_allclose(ops.convert_to_numpy(gelu_erf(x)), ref, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(gelu_erf(x)), ops.convert_to_numpy(keras.activations.gelu(x, False)), atol=1e-6
+    )
+
+
+def test_encoder_block_is_pre_norm_residual():
+    x = np.random.default_rng(1).normal(size=(2, 5, 16)).astype("float32")
+    block = TransformerEncoderBlock(num_heads=4, mlp_dim=32)
+    out = ops.convert_to_numpy(block(x))
+    h = x + ops.convert_to_numpy(block.attn(block.norm1(x)))
+    ref = h + ops.convert_to_numpy(block.mlp(block.norm2(h)))
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert out.shape == (2, 5, 16)
+
+
+def test_drop_path_drops_whole_samples_in_training_only():
+    x = np.ones((64, 3, 4), "float32")
+    layer = DropPath(0.5, seed=1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(x)), x)
+    out = ops.convert_to_numpy(layer(x, training=True))
+    per_sample = out.reshape(64, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))  # all or nothing per sample
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+
+
+def test_token_pooling_modes():
+    tokens = np.arange(2 * 3 * 4, dtype="float32").reshape(2, 3, 4)
+    np.testing.assert_array_equal(ops.convert_to_numpy(TokenPooling("token")(tokens)), tokens[:, 0])
+    np.testing.assert_allclose(ops.convert_to_numpy(TokenPooling("avg")(tokens)), tokens[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="pooling must be 'token' or 'avg'"):
+        TokenPooling("max")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        PatchExtractor(4),
+        PatchEncoder(num_patches=6, hidden_dim=8, grid_size=(2, 3), dropout=0.1),
+        MultiHeadSelfAttention(num_heads=2, qkv_bias=False, attention_dropout=0.1, dropout=0.2),
+        MLP(mlp_dim=24, dropout=0.1),
+        TransformerEncoderBlock(num_heads=2, mlp_dim=24, drop_path=0.1, layer_norm_epsilon=1e-5),
+        DropPath(0.3, seed=4),
+        TokenPooling("avg", num_prefix_tokens=1),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_get_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    # through Keras' registry too, as .keras loading does
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config

@@ -1,0 +1,125 @@
+"""The model builder, presets, `.keras` round trips and cross-backend loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit.errors import UserInputError
+
+TIMM_PARAMETERS = {
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+}
+
+
+@pytest.mark.parametrize("preset", sorted(TIMM_PARAMETERS))
+def test_timm_presets_have_timm_parameter_counts(preset):
+    assert keras_vit.count_params(keras_vit.create_model(preset)) == TIMM_PARAMETERS[preset]
+
+
+@pytest.mark.backends
+def test_vit_mnist_preset_architecture():
+    model = keras_vit.create_model("vit_mnist")
+    assert model.input_shape == (None, 28, 28, 1)
+    assert model.output_shape == (None, 10)
+    assert (model.patch_size, model.hidden_dim, model.depth, model.num_heads, model.mlp_dim) == (7, 64, 6, 4, 128)
+    assert model.get_layer("patch_extractor").compute_output_shape((None, 28, 28, 1)) == (None, 16, 49)
+    assert len(model.blocks) == 6
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("preset", keras_vit.list_presets())
+def test_every_preset_accepts_overrides(preset):
+    size = 2 * keras_vit.PRESETS[preset]["patch_size"]
+    model = keras_vit.create_model(preset, num_classes=3, image_size=size, channels=2, depth=1)
+    assert model.input_shape == (None, size, size, 2)
+    assert model.output_shape == (None, 3)
+    assert len(model.preprocessing["mean"]) == 2 and len(model.preprocessing["std"]) == 2
+    out = model.predict(np.zeros((2, size, size, 2), "float32"), verbose=0)
+    assert out.shape == (2, 3) and np.all(np.isfinite(out))
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(UserInputError, match=r"Unknown preset 'vit_huge'\. Available presets: vit_mnist, "):
+        keras_vit.create_model("vit_huge")
+
+
+def test_unknown_option_and_bad_sizes_are_user_errors():
+    with pytest.raises(UserInputError, match="Unknown model option\\(s\\): hidden_size"):
+        keras_vit.create_model("vit_mnist", hidden_size=3)
+    with pytest.raises(UserInputError, match="image_size 30x30 is not a multiple of patch_size 7"):
+        keras_vit.create_model("vit_mnist", image_size=30)
+    with pytest.raises(UserInputError, match="2 class names given for a model with 10 classes"):
+        keras_vit.create_model("vit_mnist", class_names=["a", "b"])
+
+
+@pytest.mark.backends
+def test_attention_scores_are_distributions_over_tokens():
+    model = keras_vit.create_model("vit_mnist", depth=2)
+    scores = model.attention_scores(np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32"))
+    assert len(scores) == 2
+    s = keras.ops.convert_to_numpy(scores[0])
+    assert s.shape == (3, 4, 17, 17)
+    np.testing.assert_allclose(s.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.backends
+def test_keras_file_round_trip_keeps_config_metadata_and_logits(tmp_path):
+    model = keras_vit.create_model("vit_mnist", depth=2, class_names=list("abcdefghij"), drop_path=0.1)
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe mode: no Lambda, everything registered
+    assert isinstance(loaded, keras_vit.VisionTransformer)
+    assert loaded.get_config() == model.get_config()
+    assert loaded.class_names == list("abcdefghij")
+    assert loaded.preprocessing == {"scale": 1 / 255, "mean": [0.1307], "std": [0.3081]}
+    assert loaded.preset == "vit_mnist"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+_SAVE = """
+import sys, numpy as np, keras, keras_vit
+keras.utils.set_random_seed(1)
+model = keras_vit.create_model("vit_mnist", depth=2)
+x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype("float32")
+model.save(sys.argv[1] + "/" + keras.backend.backend() + ".keras")
+np.save(sys.argv[1] + "/" + keras.backend.backend() + ".npy", model.predict(x, verbose=0))
+"""
+
+_LOAD = """
+import sys, json, numpy as np, keras, keras_vit  # importing keras_vit registers its layers
+x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype("float32")
+diffs = {}
+for source in ("tensorflow", "jax", "torch"):
+    model = keras.saving.load_model(sys.argv[1] + "/" + source + ".keras")
+    diffs[source] = float(np.abs(model.predict(x, verbose=0) - np.load(sys.argv[1] + "/" + source + ".npy")).max())
+print(json.dumps(diffs))
+"""
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _run(code: str, backend: str, folder) -> str:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_keras_file_saved_under_any_backend_gives_same_logits_under_the_others(tmp_path):
+    for backend in BACKENDS:
+        _run(_SAVE, backend, tmp_path)
+    for backend in BACKENDS:
+        diffs = json.loads(_run(_LOAD, backend, tmp_path).strip().splitlines()[-1])
+        for source, diff in diffs.items():
+            assert diff <= 1e-5, f"saved under {source}, loaded under {backend}: max abs diff {diff}"
