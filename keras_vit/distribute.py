@@ -1,0 +1,385 @@
+"""Data-parallel training on the frameworks' own engines: one switch for every backend.
+
+>>> from keras_vit.distribute import configure_distribution
+>>> distribution = configure_distribution("auto")      # before anything else touches the backend
+>>> with distribution.scope():                          # build and compile the model in the scope
+...     model = keras_vit.create_model("vit_mnist")
+>>> print(distribution.describe())
+
+What each mode does, per Keras backend:
+
+* **JAX** -- ``keras.distribution.DataParallel`` over ``keras.distribution.list_devices()`` (the first
+  ``devices`` of them): variables are replicated on every device, each batch is sharded along its first
+  axis and XLA inserts the gradient all-reduce. Several hosts: when ``KERAS_DISTRIBUTION_JOB_ADDRESSES``
+  (the coordinator's ``host:port``, or every process's, comma-separated) and
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES`` are set, with ``KERAS_DISTRIBUTION_PROCESS_ID`` (0 .. N-1) on each
+  process, ``keras.distribution.initialize()`` (that is ``jax.distributed.initialize``) runs first and
+  the devices are those of every host. Process 0 is the chief.
+* **TensorFlow** -- ``tf.distribute.MirroredStrategy`` over the GPUs of this host (or, without GPUs,
+  its logical CPU devices); ``tf.distribute.MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set
+  (the chief is the ``chief`` task, else ``worker`` 0). Keras' TensorFlow optimizer clips gradients
+  before its cross-replica sum, so :meth:`Distribution.prepare_optimizer` moves the sum before the
+  clipping: ``global_clipnorm`` then sees the same global gradient as on one device.
+* **PyTorch** -- Keras 3 has no distribution support for ``fit`` on the torch backend
+  (``keras.distribution`` covers JAX, and ``tf.distribute`` is TensorFlow's; DistributedDataParallel
+  needs a hand-written torch training loop, outside Keras' engine). ``"data-parallel"`` raises
+  :class:`KerasViTError`; ``"auto"`` trains on one device and says so in :meth:`Distribution.describe`.
+
+``"auto"`` is data-parallel when more than one accelerator (GPU/TPU) is visible, or when the multi-host
+variables above are set; else ``"none"``.
+
+Batch size and learning rate: the batch size the user gives is the **global** batch, split evenly over
+the replicas (it must be a multiple of their number). The learning rate is kept as given: it belongs
+to the global batch, which does not change with the number of devices, so ``--distribute`` changes
+where the arithmetic runs, not the result (same batches, same steps, same loss curve up to float
+rounding). Someone who raises ``--batch-size`` to fill more devices should scale the learning rate
+with it; :func:`scaled_learning_rate` is the linear rule (``lr * batch / reference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from keras_vit.errors import KerasViTError, UserInputError
+
+#: ``--distribute`` values.
+MODES = ("auto", "none", "data-parallel")
+
+#: Environment variables that make the JAX backend start ``jax.distributed`` (see ``keras.distribution.initialize``).
+JAX_MULTIHOST_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+_jax_initialized = False
+_configured: dict[tuple, Distribution] = {}
+
+
+@dataclass
+class Distribution:
+    """How (and where) ``fit`` runs. Build with :func:`configure_distribution`.
+
+    Attributes:
+        mode: ``"none"`` or ``"data-parallel"`` (``"auto"`` resolved).
+        backend: the Keras backend.
+        engine: what does the work, e.g. ``"keras.distribution.DataParallel"``.
+        devices: the devices holding a replica (global, across hosts).
+        num_workers: processes (hosts) taking part; 1 on one machine.
+        worker_index: this process's index among them; 0 is the chief.
+        notes: remarks for the user (e.g. why ``auto`` chose one device).
+    """
+
+    mode: str
+    backend: str
+    engine: str
+    devices: list[str]
+    num_workers: int = 1
+    worker_index: int = 0
+    notes: list[str] = field(default_factory=list)
+    strategy: Any = field(default=None, repr=False)  # keras.distribution.Distribution or tf.distribute.Strategy
+
+    @property
+    def num_replicas(self) -> int:
+        """How many copies of the model train in step (1 without data parallelism)."""
+        return max(len(self.devices), 1) if self.mode == "data-parallel" else 1
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes checkpoints, history and the final model."""
+        return self.worker_index == 0
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Build, compile, ``fit`` and ``predict`` inside this block (a new context each call)."""
+        if self.strategy is None:
+            yield
+            return
+        with self.strategy.scope():
+            yield
+
+    def global_batch_size(self, batch_size: int) -> int:
+        """The global batch for a requested ``batch_size`` (itself), checked to split evenly over replicas."""
+        batch_size = int(batch_size)
+        if batch_size % self.num_replicas:
+            raise UserInputError(
+                f"Batch size {batch_size} does not split evenly over {self.num_replicas} replicas; use a "
+                f"multiple of {self.num_replicas} (the batch size is the global batch, shared by all devices)."
+            )
+        return batch_size
+
+    def per_replica_batch_size(self, batch_size: int) -> int:
+        """Images each replica sees per step."""
+        return self.global_batch_size(batch_size) // self.num_replicas
+
+    def prepare_optimizer(self, optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+        """Make gradient clipping see the global gradient under ``tf.distribute`` (returns ``optimizer``).
+
+        Keras' TensorFlow optimizer clips each replica's gradient, then sums them across replicas;
+        this sums first (the same all-reduce, moved) and clips the sum, as one device would. JAX
+        already clips the global gradient; other cases are returned untouched.
+        """
+        if self.backend != "tensorflow" or self.mode != "data-parallel" or self.num_replicas < 2:
+            return optimizer
+        _clip_after_all_reduce(optimizer)
+        return optimizer
+
+    @property
+    def needs_full_batches(self) -> bool:
+        """JAX shards every batch (train, validation, predict) evenly: a last partial batch cannot run."""
+        return self.backend == "jax" and self.mode == "data-parallel" and self.num_replicas > 1
+
+    def full_batches(self, data: Any, batch_size: int) -> Any:
+        """``data`` (a batched ``tf.data.Dataset`` or a ``keras.utils.PyDataset``) without its last partial
+        batch where :attr:`needs_full_batches`; unchanged otherwise. At most ``batch_size - 1`` images
+        per epoch are skipped (different ones each epoch when the data is reshuffled)."""
+        if not self.needs_full_batches or data is None:
+            return data
+        return drop_partial_batches(data, self.global_batch_size(batch_size))
+
+    def check_model(self, model: keras.Model) -> None:
+        """Raise :class:`UserInputError` if ``model``'s variables were not created in :meth:`scope`."""
+        if self.mode != "data-parallel" or self.num_replicas < 2 or not model.weights:
+            return
+        value = model.weights[0].value
+        if self.backend == "jax":
+            inside = len(getattr(getattr(value, "sharding", None), "device_set", ())) == self.num_replicas
+        else:
+            inside = self.strategy.extended.variable_created_in_scope(value)
+        if not inside:
+            raise UserInputError(
+                f"the model was built outside the data-parallel scope; create (or load) it inside "
+                f"`with distribution.scope():` of the same keras_vit.distribute.configure_distribution({self.mode!r})."
+            )
+
+    def describe(self) -> str:
+        """One line, e.g. ``"data-parallel over 2 devices (cpu:0, cpu:1) with keras.distribution.DataParallel"``."""
+        if self.mode == "none":
+            text = f"single device ({self.backend})"
+        else:
+            shown = ", ".join(self.devices[:8]) + (", ..." if len(self.devices) > 8 else "")
+            text = f"data-parallel over {self.num_replicas} devices ({shown}) with {self.engine}"
+            if self.num_workers > 1:
+                text += f", {self.num_workers} workers (this is worker {self.worker_index})"
+        return text + "".join(f"; {note}" for note in self.notes)
+
+
+def scaled_learning_rate(learning_rate: float, global_batch_size: int, reference_batch_size: int = 256) -> float:
+    """The linear scaling rule: ``learning_rate * global_batch_size / reference_batch_size``.
+
+    Not applied automatically (see the module docstring); for people who grow the batch with the devices.
+    """
+    return float(learning_rate) * int(global_batch_size) / int(reference_batch_size)
+
+
+def drop_partial_batches(data: Any, batch_size: int) -> Any:
+    """A view of batched ``data`` (``tf.data.Dataset`` or ``keras.utils.PyDataset``) with only full batches."""
+    if isinstance(data, keras.utils.PyDataset):
+        return _FullBatches(data, int(batch_size))
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        size = int(batch_size)
+        return data.filter(lambda images, *rest: tf.shape(images)[0] == size)
+    raise TypeError(f"expected a tf.data.Dataset or keras.utils.PyDataset, got {type(data).__name__}")
+
+
+class _FullBatches(keras.utils.PyDataset):
+    """The full batches of a PyDataset whose batches are all ``batch_size`` long except the last."""
+
+    def __init__(self, inner: keras.utils.PyDataset, batch_size: int):
+        super().__init__()
+        self.inner, self.batch_size = inner, batch_size
+        if hasattr(inner, "x"):  # keras_vit.training.ArrayBatches: rows known without building a batch
+            self._count = len(inner.x) // batch_size
+        else:
+            last = inner[len(inner) - 1][0] if len(inner) else None
+            self._count = len(inner) - (1 if last is not None and len(last) != batch_size else 0)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int):
+        return self.inner[index]
+
+    def on_epoch_end(self) -> None:
+        self.inner.on_epoch_end()
+
+
+def configure_distribution(mode: str | Distribution = "auto", devices: int | None = None) -> Distribution:
+    """Choose how ``fit`` spreads over the visible devices; call it before the backend does any work.
+
+    Args:
+        mode: ``"auto"`` (data-parallel when more than one accelerator is visible or multi-host
+            variables are set), ``"none"`` (one device, Keras' default placement) or ``"data-parallel"``.
+        devices: use only the first ``devices`` devices (one host only); ``None`` uses all.
+
+    The same arguments return the same :class:`Distribution` for the life of the process (a model built
+    in its scope can then be handed to :func:`keras_vit.training.fit` with ``distribute=mode``); a
+    :class:`Distribution` passed as ``mode`` is returned as is.
+
+    Raises:
+        UserInputError: unknown mode, bad device count, batch rules the user can fix.
+        KerasViTError: data parallelism requested where Keras cannot provide it (PyTorch backend).
+    """
+    if isinstance(mode, Distribution):
+        return mode
+    if mode not in MODES:
+        raise UserInputError(f"Unknown distribute mode {mode!r}; use one of {', '.join(MODES)}.")
+    if devices is not None and int(devices) < 1:
+        raise UserInputError(f"--devices must be at least 1, got {devices}.")
+    backend = keras.backend.backend()
+    key = (backend, mode, None if devices is None else int(devices))
+    if key not in _configured:  # one strategy per process: the model's variables belong to it
+        _configured[key] = _configure(backend, mode, devices)
+    return _configured[key]
+
+
+def _configure(backend: str, mode: str, devices: int | None) -> Distribution:
+    if backend == "jax":
+        return _configure_jax(mode, devices)
+    if backend == "tensorflow":
+        return _configure_tensorflow(mode, devices)
+    message = (f"data-parallel training is not available on the {backend} backend: Keras 3 distributes fit "
+               "only on JAX (keras.distribution) and TensorFlow (tf.distribute); set KERAS_BACKEND=jax or "
+               "tensorflow.")
+    if mode == "data-parallel":
+        raise KerasViTError(message)
+    notes = [f"no data parallelism on {backend} (Keras supports it on jax and tensorflow)"] if mode == "auto" else []
+    return Distribution(mode="none", backend=backend, engine="single device", devices=[], notes=notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# JAX: keras.distribution
+
+
+def _jax_multihost_requested() -> bool:
+    return any(os.environ.get(name) for name in JAX_MULTIHOST_VARIABLES[:2])
+
+
+def _configure_jax(mode: str, devices: int | None) -> Distribution:
+    global _jax_initialized
+    multihost = _jax_multihost_requested()
+    if mode == "none":
+        return Distribution(mode="none", backend="jax", engine="single device", devices=[])
+    if multihost and not _jax_initialized:
+        try:
+            keras.distribution.initialize()
+        except Exception as err:
+            raise KerasViTError(
+                f"could not join the multi-host JAX job ({type(err).__name__}: {err}); check "
+                f"{', '.join(JAX_MULTIHOST_VARIABLES)} and that the coordinator is reachable."
+            ) from err
+        _jax_initialized = True
+    import jax
+
+    available = keras.distribution.list_devices()  # accelerators if any, else CPUs; global across hosts
+    accelerators = [d for d in available if not d.startswith("cpu")]
+    if mode == "auto" and len(accelerators) < 2 and jax.process_count() == 1:
+        return Distribution(mode="none", backend="jax", engine="single device", devices=[],
+                            notes=[] if devices is None else ["--devices ignored: fewer than 2 accelerators"])
+    chosen = _first(available, devices, multihost=jax.process_count() > 1)
+    strategy = keras.distribution.DataParallel(devices=chosen)
+    return Distribution(mode="data-parallel", backend="jax", engine="keras.distribution.DataParallel",
+                        devices=chosen, num_workers=jax.process_count(), worker_index=jax.process_index(),
+                        strategy=strategy)
+
+
+# --------------------------------------------------------------------------------------------------
+# TensorFlow: tf.distribute
+
+
+def _configure_tensorflow(mode: str, devices: int | None) -> Distribution:
+    import tensorflow as tf
+
+    tf_config = os.environ.get("TF_CONFIG")
+    if mode == "none":
+        return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[])
+    if tf_config:
+        return _multi_worker(tf, tf_config, devices)
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if mode == "auto" and len(gpus) < 2:
+        return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[],
+                            notes=[] if devices is None else ["--devices ignored: fewer than 2 GPUs"])
+    available = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    chosen = _first(available, devices, multihost=False)
+    strategy = tf.distribute.MirroredStrategy(devices=chosen)
+    return Distribution(mode="data-parallel", backend="tensorflow", engine="tf.distribute.MirroredStrategy",
+                        devices=[_short(d) for d in chosen], strategy=strategy)
+
+
+def _multi_worker(tf, tf_config: str, devices: int | None) -> Distribution:
+    if devices is not None:
+        raise UserInputError("--devices applies to one machine; with TF_CONFIG every worker uses all its GPUs.")
+    try:
+        spec = json.loads(tf_config)
+        cluster, task = spec["cluster"], spec.get("task", {})
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"TF_CONFIG is not valid JSON with a 'cluster' entry ({err}).") from err
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    task_type, task_id = task.get("type"), int(task.get("index", 0))
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    index = 0 if chief else task_id + (1 if "chief" in cluster and task_type == "worker" else 0)
+    replicas = int(strategy.num_replicas_in_sync)
+    local = [_short(d) for d in strategy.extended.worker_devices]
+    return Distribution(mode="data-parallel", backend="tensorflow",
+                        engine="tf.distribute.MultiWorkerMirroredStrategy",
+                        devices=local + [f"remote:{i}" for i in range(replicas - len(local))],
+                        num_workers=workers, worker_index=index, strategy=strategy)
+
+
+def _clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
+    """Patch this optimizer instance: all-reduce (SUM) the replicas' gradients, then clip; skip the later sum."""
+    import tensorflow as tf
+
+    if getattr(optimizer, "_keras_vit_clip_after_all_reduce", False):
+        return
+    if not (hasattr(optimizer, "_clip_gradients") and hasattr(optimizer, "_all_reduce_sum_gradients")):
+        raise KerasViTError(
+            "this Keras version's TensorFlow optimizer lacks the hooks keras-vit uses to clip the global gradient "
+            "under tf.distribute; train with --distribute none or another Keras backend."
+        )
+    clip = optimizer._clip_gradients
+
+    def clip_gradients(grads):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            present = [g for g in grads if g is not None]
+            summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
+            grads = [None if g is None else next(summed) for g in grads]
+        return clip(grads)
+
+    optimizer._clip_gradients = clip_gradients
+    optimizer._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+    optimizer._keras_vit_clip_after_all_reduce = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _first(available: list[str], devices: int | None, multihost: bool) -> list[str]:
+    if devices is None:
+        return list(available)
+    if multihost:
+        raise UserInputError("--devices applies to one machine; on several hosts every device of every host is used.")
+    if int(devices) > len(available):
+        raise UserInputError(
+            f"--devices {devices} asks for more devices than the {len(available)} visible "
+            f"({', '.join(_short(d) for d in available)})."
+        )
+    return list(available[: int(devices)])
+
+
+def _short(name: str) -> str:
+    """``/job:localhost/replica:0/task:0/device:GPU:1`` -> ``gpu:1``."""
+    parts = name.split("device:")[-1].split(":")
+    return f"{parts[0].lower()}:{parts[-1]}" if len(parts) >= 2 else name
