@@ -568,16 +568,23 @@ class Classifier:
             raise InferenceError(f"model file not found: {path}")
         if not os.path.isfile(path):
             raise InferenceError(f"model path is not a file: {path}")
+        if threads is not None and int(threads) < 1:
+            raise InferenceError(f"threads must be at least 1, got {threads}")
         ort = _ort()
+        providers = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise InferenceError(
+                f"execution provider {missing[0]} is not available in this onnxruntime build "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.inter_op_num_threads = 1
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(
-                path, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-            )
+            self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for every failure
             raise InferenceError(f"cannot load model {path}: not a valid ONNX model ({_short(err)})") from None
         self.threads = threads
@@ -586,22 +593,25 @@ class Classifier:
 
     # -- running the model ------------------------------------------------------------------------
 
-    def run(self, model_input: np.ndarray) -> np.ndarray:
-        """Logits of an already-preprocessed ``(N, H, W, C)`` batch, exactly as the graph computes them."""
+    def _run(self, output: str, model_input: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(model_input, dtype=self.spec.dtype)
         if self.spec.layout == "NCHW":
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        (logits,) = self.session.run([self.info.logits_name], {self.info.input_name: batch})
-        return logits
+        try:
+            (result,) = self.session.run([output], {self.info.input_name: batch})
+        except Exception as err:  # a graph that loads but cannot run (bad op, shape clash inside)
+            raise InferenceError(f"{self.info.path}: onnxruntime failed to run the model ({_short(err)})") from None
+        return result
+
+    def run(self, model_input: np.ndarray) -> np.ndarray:
+        """Logits of an already-preprocessed ``(N, H, W, C)`` batch, exactly as the graph computes them."""
+        return self._run(self.info.logits_name, model_input)
 
     def probabilities(self, model_input: np.ndarray) -> np.ndarray:
         """Class probabilities of a preprocessed batch: the graph's ``probabilities`` output, else softmax."""
-        batch = np.ascontiguousarray(model_input, dtype=self.spec.dtype)
-        if self.spec.layout == "NCHW":
-            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        name = self.info.probabilities_name or self.info.logits_name
-        (out,) = self.session.run([name], {self.info.input_name: batch})
-        return out.astype(np.float64) if self.info.probabilities_name else _softmax(out)
+        if self.info.probabilities_name:
+            return self._run(self.info.probabilities_name, model_input).astype(np.float64)
+        return _softmax(self._run(self.info.logits_name, model_input))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, classes)`` of raw-pixel images ``(N, H, W[, C])`` (uint8 or 0..255 floats)."""

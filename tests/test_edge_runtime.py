@@ -346,6 +346,9 @@ BAD_DTYPE = "are not supported; use uint8 raw pixels or float pixel values on th
         ("{model} {folder} --benchmark", "--benchmark runs on random images; give no INPUT with it"),
         ("{model} {folder} --top-k 0", "argument --top-k: '0' must be at least 1"),
         ("{model} {folder} --batch-size x", "argument --batch-size: 'x' is not an integer"),
+        ("{model} {folder} --provider NoSuchExecutionProvider",
+         "execution provider NoSuchExecutionProvider is not available in this onnxruntime build (available: "),
+        ("{t}/runtime_fail.onnx {folder}", "{t}/runtime_fail.onnx: onnxruntime failed to run the model ("),
         ("{t}/two_inputs.onnx {folder}",
          "{t}/two_inputs.onnx: the model has 2 inputs (images, extra); expected one image input"),
         ("{t}/bad_meta.onnx {folder}", "{t}/bad_meta.onnx: metadata 'image_size' is not valid JSON ("),
@@ -399,6 +402,13 @@ def bad_files(kit, tmp_path_factory):
     onnx.save(two, str(t / "two_inputs.onnx"))
     make_linear_model(t / "bad_meta.onnx", metadata={**keras_vit_props(), "image_size": "28 by 28"})
     make_linear_model(t / "mismatch.onnx", metadata=keras_vit_props(height=32, width=32))
+    # loads fine, fails at run time: a Gather over the logits with an out-of-range index
+    make_linear_model(t / "runtime_fail.onnx", metadata=keras_vit_props())
+    model = onnx.load(str(t / "runtime_fail.onnx"))
+    model.graph.node[-1].output[0] = "pre_logits"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.arange(40, 50, dtype="int64"), "picks"))
+    model.graph.node.append(helper.make_node("Gather", ["pre_logits", "picks"], ["logits"], axis=1))
+    onnx.save(model, str(t / "runtime_fail.onnx"))
     make_linear_model(t / "dynamic.onnx")
     model = onnx.load(str(t / "dynamic.onnx"))
     dims = model.graph.input[0].type.tensor_type.shape.dim
