@@ -139,7 +139,8 @@ class Distribution:
     def full_batches(self, data: Any, batch_size: int) -> Any:
         """``data`` (a batched ``tf.data.Dataset`` or a ``keras.utils.PyDataset``) without its last partial
         batch where :attr:`needs_full_batches`; unchanged otherwise. At most ``batch_size - 1`` images
-        per epoch are skipped (different ones each epoch when the data is reshuffled)."""
+        per epoch are skipped (different ones each epoch when the data is reshuffled). Build the
+        optimizer, compile and fit inside :meth:`scope`; predict/evaluate outside it (any batch size)."""
         if not self.needs_full_batches or data is None:
             return data
         return drop_partial_batches(data, self.global_batch_size(batch_size))
@@ -186,8 +187,9 @@ def drop_partial_batches(data: Any, batch_size: int) -> Any:
     import tensorflow as tf
 
     if isinstance(data, tf.data.Dataset):
-        size = int(batch_size)
-        return data.filter(lambda images, *rest: tf.shape(images)[0] == size)
+        # rebatch (not filter): the static batch size it gives is what keras.distribution needs to
+        # split a tf.data pipeline between the processes of a multi-host JAX run.
+        return data.rebatch(int(batch_size), drop_remainder=True)
     raise TypeError(f"expected a tf.data.Dataset or keras.utils.PyDataset, got {type(data).__name__}")
 
 

@@ -168,7 +168,7 @@ def test_partial_batches_are_dropped_only_where_jax_needs_it():
     import tensorflow as tf
 
     from keras_vit.distribute import Distribution, drop_partial_batches
-    from keras_vit.training import ArrayBatches
+    from keras_vit.training import ArrayBatches, tf_data_pipeline
 
     x, y = np.zeros((37, 4, 4, 1), np.uint8), np.arange(37) % 3
     batches = ArrayBatches(x, y, batch_size=8, preprocessing={"scale": 1.0}, num_classes=3)
@@ -176,6 +176,13 @@ def test_partial_batches_are_dropped_only_where_jax_needs_it():
     assert len(batches) == 5 and len(full) == 4 and all(len(full[i][0]) == 8 for i in range(len(full)))
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     assert [int(a.shape[0]) for a, _ in drop_partial_batches(ds, 8)] == [8, 8, 8, 8]
+    # The recipe's pipeline (batch, then map) hides its batch size from keras.distribution, which needs it
+    # to split tf.data between the processes of a multi-host JAX run; the full-batch view states it.
+    from tensorflow.python.data.experimental.ops.distribute import compute_batch_size
+
+    recipe = tf_data_pipeline(x, y, batch_size=8, preprocessing={"scale": 1.0}, num_classes=3, shuffle=True)
+    assert int(compute_batch_size(recipe)) == -1
+    assert int(compute_batch_size(drop_partial_batches(recipe, 8))) == 8
 
     jax_two = Distribution(mode="data-parallel", backend="jax", engine="x", devices=["cpu:0", "cpu:1"])
     tf_two = Distribution(mode="data-parallel", backend="tensorflow", engine="x", devices=["cpu:0", "cpu:1"])
