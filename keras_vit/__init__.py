@@ -4,6 +4,7 @@ from keras_vit import layers
 from keras_vit.errors import KerasViTError, UserInputError
 from keras_vit.model import VisionTransformer
 from keras_vit.presets import PRESETS, count_params, create_model, list_presets
+from keras_vit.weights import from_checkpoint
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "__version__",
     "count_params",
     "create_model",
+    "from_checkpoint",
     "layers",
     "list_presets",
 ]
