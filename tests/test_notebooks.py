@@ -1,0 +1,132 @@
+"""Execute the three notebooks top to bottom in a fresh kernel, with tiny parameters, on CPU.
+
+Notebook 1 trains a tiny model into a temporary folder; notebooks 2 and 3 use that model. Executed
+copies are written to the temporary folder, never over the committed notebooks. Any cell error fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "keras-vit-test"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A temporary folder with a kernelspec for this interpreter (works in a fresh venv)."""
+    from ipykernel.kernelspec import install
+
+    root = tmp_path_factory.mktemp("notebooks")
+    install(kernel_name=KERNEL, prefix=str(root / "jupyter"))
+    return root
+
+
+@pytest.fixture
+def kernel_env(workdir, monkeypatch):
+    """The kernel inherits this environment: the temp kernelspec, Agg plots, the suite's backend."""
+    share = workdir / "jupyter" / "share" / "jupyter"
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(share), os.environ.get("JUPYTER_PATH")])))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    monkeypatch.delenv("KERAS_VIT_DATA", raising=False)  # tests use the packaged sample only
+    return workdir
+
+
+def inject_parameters(nb, values: dict) -> None:
+    """Add a cell setting ``values`` right after the cell tagged "parameters" (as papermill does)."""
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    assert index is not None, "the notebook has no cell tagged 'parameters'"
+    names = {line.split("=")[0].strip() for line in nb.cells[index].source.splitlines() if "=" in line
+             and not line.startswith((" ", "#"))}
+    unknown = set(values) - names
+    assert not unknown, f"parameters {unknown} are not in the notebook's parameters cell"
+    source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    cell["id"] = "injected-parameters"
+    nb.cells.insert(index + 1, cell)
+
+
+def run_notebook(name: str, values: dict, workdir: Path):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    inject_parameters(nb, values)
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600, allow_errors=False,
+                                     resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, workdir / name)  # the executed copy, for a look after a failure
+    return nb
+
+
+def outputs_text(nb) -> str:
+    return "\n".join(o.get("text", "") or "".join(o.get("data", {}).get("text/plain", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def images_in(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+               for o in c.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def trained_model(workdir):
+    return workdir / "train" / "model.keras"
+
+
+def test_kernel_is_this_interpreter(workdir):
+    spec = json.loads((workdir / "jupyter" / "share" / "jupyter" / "kernels" / KERNEL / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+
+
+def test_01_train(kernel_env, trained_model):
+    nb = run_notebook("01_train_vit.ipynb", dict(
+        DATASET="sample", MODEL_OVERRIDES={"depth": 2}, EPOCHS=1, TRAIN_SAMPLES=600, TEST_SAMPLES=200, BATCH_SIZE=64,
+        OUTPUT_DIR=str(trained_model.parent), FIGURES_DIR=str(kernel_env / "figures"),
+    ), kernel_env)
+    text = outputs_text(nb)
+    assert f"training device: {os.environ['KERAS_BACKEND']} on " in text
+    assert "test accuracy" in text
+    assert trained_model.is_file()
+    history = json.loads((trained_model.parent / "history.json").read_text())
+    assert history["status"] == "completed" and history["epochs_completed"] == 1
+    assert (kernel_env / "figures" / "patches.png").is_file()
+    assert images_in(nb) >= 5  # samples, patches, curves, confusion matrix, wrong images
+
+
+def test_02_attention(kernel_env, trained_model):
+    if not trained_model.is_file():
+        pytest.skip("notebook 1 did not produce a model")
+    nb = run_notebook("02_attention.ipynb", dict(
+        MODEL_PATH=str(trained_model), DATASET="sample", NUM_IMAGES=2, FIGURES_DIR=str(kernel_env / "figures"),
+    ), kernel_env)
+    assert f"loaded {trained_model}" in outputs_text(nb)
+    assert (kernel_env / "figures" / "attention_rollout.png").is_file()
+    assert images_in(nb) == 3
+
+
+def test_03_export(kernel_env, trained_model):
+    if not trained_model.is_file():
+        pytest.skip("notebook 1 did not produce a model")
+    export_dir = kernel_env / "export"
+    nb = run_notebook("03_export_and_edge.ipynb", dict(
+        MODEL_PATH=str(trained_model), EXPORT_DIR=str(export_dir), DATASET="sample",
+        COMPARE_IMAGES=64, LATENCY_RUNS=5,
+    ), kernel_env)
+    text = outputs_text(nb)
+    for name in ("saved_model", "model.onnx", "model.opt.onnx"):
+        assert (export_dir / name).exists(), name
+    assert "edge runtime on" in text
+    assert images_in(nb) == 1
