@@ -332,9 +332,10 @@ class NaNGuard(keras.callbacks.Callback):
     It raises from the batch, so no later callback (backup, checkpoint) saves the broken weights.
     """
 
-    def __init__(self, learning_rate: float):
+    def __init__(self, learning_rate: float, progress_bar: bool = False):
         super().__init__()
         self.learning_rate = learning_rate
+        self.progress_bar = progress_bar
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -343,6 +344,8 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(keras.ops.convert_to_numpy(loss))):
+            if self.progress_bar:  # end the progress bar's line before the error is printed
+                print(flush=True)
             raise KerasViTError(
                 f"loss became NaN at epoch {self.epoch + 1}, batch {batch + 1}; try a lower "
                 f"--learning-rate (it was {self.learning_rate:g}) or train without --mixed-precision."
@@ -477,7 +480,7 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         "train_time_s": 0.0,
     }
     recorder = HistoryRecorder(record, history_path, previous, lambda: optimizer.learning_rate)
-    all_callbacks: list[keras.callbacks.Callback] = [NaNGuard(config.learning_rate)]
+    all_callbacks: list[keras.callbacks.Callback] = [NaNGuard(config.learning_rate, config.verbose in ("auto", 1))]
     if out:
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(out / "backup")))
         if config.checkpoints:

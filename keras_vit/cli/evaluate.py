@@ -1,0 +1,70 @@
+"""``keras-vit evaluate MODEL.keras --dataset NAME``: accuracy and loss on a dataset's test split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="accuracy and loss of a saved model on a dataset's test split",
+        description="Evaluate a model saved by keras-vit (.keras) on the test split of a dataset. "
+                    "Images of another size or channel count are converted to the model's input.",
+    )
+    parser.add_argument("model", metavar="MODEL.keras", help="a model saved by `keras-vit train`")
+    parser.add_argument("--dataset", required=True,
+                        help="sample, mnist, fashion_mnist, cifar10, a .npz file or an image folder")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the datasets' .npz files (default: $KERAS_VIT_DATA, else download)")
+    parser.add_argument("--batch-size", type=int, default=256, help="default 256")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=run)
+
+
+def load_vit_model(path: str | os.PathLike):
+    """Load a keras-vit ``.keras`` model (safe mode); :class:`UserInputError` if it is not one."""
+    import keras
+
+    from keras_vit.errors import UserInputError
+    from keras_vit.model import VisionTransformer
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"Model file not found: {path}.")
+    if path.suffix != ".keras":
+        raise UserInputError(f"{path} is not a .keras file; pass a model saved by keras-vit (model.keras).")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserInputError(f"Could not load {path}: not a valid .keras model ({detail}).") from None
+    if not isinstance(model, VisionTransformer):
+        raise UserInputError(
+            f"{path} holds a {type(model).__name__}, not a keras-vit VisionTransformer; "
+            "evaluate needs a model saved by keras-vit."
+        )
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_vit.datasets import load_dataset, note
+    from keras_vit.errors import UserInputError
+    from keras_vit.training import evaluate
+
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    model = load_vit_model(args.model)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if model.class_names and list(model.class_names[:dataset.num_classes]) != list(dataset.class_names):
+        note(f"the model's classes ({', '.join(model.class_names[:4])}, ...) are not {dataset.name}'s "
+             f"({', '.join(dataset.class_names[:4])}, ...); labels are compared by index")
+    result = evaluate(model, dataset, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({**result, "dataset": dataset.name, "model": str(args.model)}))
+    else:
+        print(f"accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  "
+              f"({result['images']:,} {dataset.name} test images)")
+    return 0

@@ -1,0 +1,128 @@
+"""``keras-vit train``: fit a preset on a dataset with the recipe of :mod:`keras_vit.training`.
+
+With no arguments it trains ``vit_mnist`` on the MNIST sample shipped in the package (offline, a few
+minutes on two CPU cores). Writes ``OUTPUT/model.keras``, ``OUTPUT/history.json``,
+``OUTPUT/checkpoints/`` and, while running, ``OUTPUT/backup/``: rerunning the same command after an
+interruption resumes from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _number(low: float, high: float | None = None, *, include_low: bool = True):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value < low if include_low else value <= low
+        if value != value or too_low or (high is not None and value >= high):
+            bounds = f"{'[' if include_low else '('}{low:g}, {'inf' if high is None else f'{high:g}'})"
+            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def register(subparsers) -> None:
+    from keras_vit.training import TrainConfig
+
+    d = TrainConfig()
+    parser = subparsers.add_parser(
+        "train", help="train a Vision Transformer on a dataset",
+        description="Train a preset on a dataset (default: the MNIST sample shipped in the package). "
+                    "Writes OUTPUT/model.keras and OUTPUT/history.json; rerun the same command to resume "
+                    "an interrupted run.",
+    )
+    parser.add_argument("--preset", default="vit_mnist", help="model preset (see `keras-vit presets`)")
+    parser.add_argument("--dataset", default="sample",
+                        help="sample (packaged MNIST subset, default), mnist, fashion_mnist, cifar10, "
+                             "a .npz file or an image folder")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the datasets' .npz files (default: $KERAS_VIT_DATA, else download)")
+    parser.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"default {d.epochs}")
+    parser.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                        help=f"default {d.batch_size}")
+    parser.add_argument("--learning-rate", type=_number(0, include_low=False), default=d.learning_rate,
+                        help=f"peak learning rate after warm-up, default {d.learning_rate:g}")
+    parser.add_argument("--weight-decay", type=_number(0), default=d.weight_decay,
+                        help=f"AdamW weight decay, default {d.weight_decay:g}")
+    parser.add_argument("--warmup-epochs", type=_number(0), default=d.warmup_epochs,
+                        help=f"linear warm-up length, default {d.warmup_epochs:g}")
+    parser.add_argument("--label-smoothing", type=_number(0, 1), default=d.label_smoothing,
+                        help=f"default {d.label_smoothing:g}")
+    parser.add_argument("--augment", default=d.augment,
+                        choices=["auto", "none", "digits", "fashion", "natural", "light"],
+                        help="augmentation policy (auto: by dataset; never flips digits)")
+    parser.add_argument("--validation-split", type=_number(0, 1), default=d.validation_split,
+                        help=f"fraction of the training images held out, default {d.validation_split:g}")
+    parser.add_argument("--output", metavar="DIR",
+                        help="output folder (default runs/<preset>_<dataset>)")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    parser.add_argument("--mixed-precision", choices=["bfloat16", "float16"],
+                        help="train in mixed precision (the head stays float32)")
+    parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="force XLA compilation on or off (default: Keras' auto)")
+    parser.add_argument("--checkpoints", action=argparse.BooleanOptionalAction, default=d.checkpoints,
+                        help="save OUTPUT/checkpoints/epoch_NNN.keras after every epoch (default on)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_vit.datasets import load_dataset
+    from keras_vit.training import mixed_precision
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    config = _config(args, dataset.name)
+    config.validate()
+    with mixed_precision(config.mixed_precision):
+        model = _build_model(args, dataset)
+        from keras_vit.training import fit
+
+        record = fit(model, dataset, config)
+    test = record["test"]
+    print(f"Test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on {test['images']:,} "
+          f"{dataset.name} test images; {record['epochs_completed']} epochs in {record['train_time_s']:.0f} s")
+    print(f"Saved {config.output_dir}/model.keras and {config.output_dir}/history.json")
+    return 0
+
+
+def _config(args: argparse.Namespace, dataset_name: str):
+    from keras_vit.training import TrainConfig
+
+    output = args.output or f"runs/{args.preset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, validation_split=args.validation_split,
+        augment=args.augment, seed=args.seed, output_dir=output, mixed_precision=args.mixed_precision,
+        jit_compile="auto" if args.jit_compile is None else args.jit_compile,
+        checkpoints=args.checkpoints, verbose=2 if args.quiet else "auto",
+    )
+
+
+def _build_model(args: argparse.Namespace, dataset):
+    """The model ``train`` fits: the preset, with the dataset's classes, weights seeded by ``--seed``.
+
+    It keeps the preset's input size and channels; ``fit`` converts images that differ (and says so).
+    The one place to add other starting points (``--init CHECKPOINT``) or a distribution scope.
+    """
+    from keras_vit.presets import create_model
+    from keras_vit.training import set_seed
+
+    set_seed(args.seed)
+    return create_model(args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names))

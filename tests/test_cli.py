@@ -1,0 +1,219 @@
+"""``keras-vit train`` and ``keras-vit evaluate``: outputs, files, and every error as one line with exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit.cli.main import build_parser, main
+from keras_vit.datasets import DATA_ENV, load_dataset
+from keras_vit.training import TrainConfig
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """128 train / 32 test images of the MNIST sample, with class names."""
+    ds = load_dataset("sample")
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=ds.x_train[:128, ..., 0], y_train=ds.y_train[:128], x_test=ds.x_test[:32, ..., 0],
+             y_test=ds.y_test[:32], class_names=np.array(WORDS))
+    return path
+
+
+def run_cli(capsys, *argv):
+    """``(exit code, stdout, stderr)`` of ``keras-vit argv`` run in this process."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, command, message, exit_code=2):
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"keras-vit {command}: error: {message}"), lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_npz, tmp_path_factory):
+    """A one-epoch ``keras-vit train`` run on the tiny dataset: ``(output dir, stdout)``."""
+    out = tmp_path_factory.mktemp("run")
+    stdout = io.StringIO()  # module-scoped fixtures cannot use capsys: capture by hand
+    with contextlib.redirect_stdout(stdout):
+        code = main(["train", "--dataset", str(tiny_npz), "--epochs", "1", "--batch-size", "32",
+                     "--output", str(out), "--quiet", "--seed", "3"])
+    assert code == 0, stdout.getvalue()
+    return out, stdout.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Working commands
+
+
+def test_train_defaults_are_the_offline_sample():
+    args = build_parser().parse_args(["train"])
+    assert (args.preset, args.dataset, args.data_dir) == ("vit_mnist", "sample", None)
+    assert args.epochs == TrainConfig().epochs and args.batch_size == TrainConfig().batch_size
+
+
+def test_train_writes_model_and_history_and_prints_test_accuracy(trained):
+    out, stdout = trained
+    record = json.loads((out / "history.json").read_text())
+    accuracy = record["test"]["accuracy"]
+    assert f"Test accuracy: {accuracy:.2%} " in stdout
+    assert "on 32 tiny test images; 1 epochs in" in stdout
+    assert record["status"] == "completed" and record["history"]["epoch"] == [1]
+    assert record["config"]["seed"] == 3 and record["config"]["batch_size"] == 32
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.class_names == WORDS and model.num_classes == 10 and model.preset == "vit_mnist"
+    assert (out / "checkpoints" / "epoch_001.keras").is_file()
+
+
+def test_evaluate_json_matches_the_training_record(trained, tiny_npz, capsys):
+    out, _ = trained
+    code, stdout, _ = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", tiny_npz, "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    record = json.loads((out / "history.json").read_text())
+    assert result["accuracy"] == pytest.approx(record["test"]["accuracy"])
+    assert result["loss"] == pytest.approx(record["test"]["loss"], rel=1e-5)
+    assert result["images"] == 32 and result["dataset"] == "tiny"
+
+
+def test_evaluate_plain_output(trained, tiny_npz, capsys):
+    out, _ = trained
+    code, stdout, _ = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", tiny_npz)
+    assert code == 0
+    assert stdout.startswith("accuracy ") and stdout.rstrip().endswith("(32 tiny test images)")
+
+
+def test_evaluate_converts_other_image_sizes_and_says_so(trained, tiny_npz, tmp_path, capsys):
+    with np.load(tiny_npz) as d:
+        arrays = {k: d[k] for k in d.files}
+    for key in ("x_train", "x_test"):
+        padded = np.pad(arrays[key], ((0, 0), (2, 2), (2, 2)))
+        arrays[key] = np.repeat(padded[..., None], 3, axis=-1)  # 32x32 RGB
+    rgb = tmp_path / "rgb32.npz"
+    np.savez(rgb, **arrays)
+    out, _ = trained
+    code, stdout, err = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", rgb, "--json")
+    assert code == 0
+    assert "rgb32 images are 32x32x3; converting them to the model's 28x28x1" in err
+    assert 0.0 <= json.loads(stdout)["accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors: one line on stderr, exit code 2 (1 for a failed run), no traceback
+
+
+@pytest.fixture()
+def bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    good = dict(x_train=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8), y_train=np.arange(8) % 2,
+                x_test=rng.integers(0, 255, (4, 28, 28), dtype=np.uint8), y_test=np.arange(4) % 2)
+    np.savez(tmp_path / "nokeys.npz", x_train=good["x_train"], y_train=good["y_train"])
+    np.savez(tmp_path / "negative.npz", **{**good, "y_train": -(np.arange(8) % 2)})
+    np.savez(tmp_path / "twelve.npz", **{**good, "y_test": np.array([0, 11, 2, 3])})
+    (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04 this is no model")
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF")
+    from PIL import Image
+
+    for cls, size in (("a", (28, 28)), ("b", (30, 28))):
+        (tmp_path / "mixed" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(tmp_path / "mixed" / cls / "0.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "vit_huge"], "Unknown preset 'vit_huge'. Available presets: vit_mnist,"),
+    (["--dataset", "{d}/missing.npz"], "Dataset file not found: {d}/missing.npz."),
+    (["--dataset", "{d}/nokeys.npz"], "{d}/nokeys.npz lacks the key(s) x_test, y_test: a dataset .npz needs"),
+    (["--dataset", "{d}/negative.npz"], "negative: y_train has negative labels (-1); labels must be 0..K-1."),
+    (["--dataset", "{d}/mixed"], "Images in {d}/mixed have different sizes: a/0.png is 28x28, b/0.png is 30x28"),
+    (["--dataset", "mnist", "--data-dir", "{d}/nowhere"], "--data-dir {d}/nowhere is not a folder."),
+    (["--dataset", "mnist", "--data-dir", "{d}"], "mnist not found in {d}: looked for {d}/mnist/mnist.npz"),
+    (["--dataset", "imagenet"], "Unknown dataset 'imagenet': use one of sample, mnist, fashion_mnist, cifar10"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--validation-split", "1.5"], "argument --validation-split: expected a number in [0, 1), got '1.5'"),
+    (["--learning-rate", "abc"], "argument --learning-rate: expected a number, got 'abc'"),
+    (["--mixed-precision", "int8"], "argument --mixed-precision: invalid choice: 'int8'"),
+])
+def test_train_errors(bad_files, capsys, argv, message):
+    d = str(bad_files)
+    code, _, err = run_cli(capsys, "train", *[a.format(d=d) for a in argv])
+    assert_one_line_error(code, err, "train", message.format(d=d))
+
+
+def test_train_download_failure(capsys, monkeypatch):
+    def offline():
+        raise Exception("URL fetch failure on https://storage.googleapis.com/tensorflow/tf-keras-datasets")
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    code, _, err = run_cli(capsys, "train", "--dataset", "fashion_mnist")
+    assert_one_line_error(code, err, "train", "Could not download fashion_mnist: URL fetch failure")
+    assert "Pass --data-dir DIR with DIR/fashion_mnist/fashion_mnist.npz, or set KERAS_VIT_DATA." in err
+
+
+def test_train_nan_loss_is_a_clear_failure(tiny_npz, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--dataset", tiny_npz, "--epochs", "2", "--batch-size", "32",
+                           "--learning-rate", "1e30", "--output", tmp_path, "--quiet")
+    assert_one_line_error(code, err, "train", "loss became NaN at epoch 1, batch ", exit_code=1)
+    assert "try a lower --learning-rate (it was 1e+30)" in err
+    assert not (tmp_path / "model.keras").exists()
+
+
+@pytest.mark.parametrize("model, message", [
+    ("{d}/absent.keras", "Model file not found: {d}/absent.keras."),
+    ("{d}/model.h5", "{d}/model.h5 is not a .keras file; pass a model saved by keras-vit (model.keras)."),
+    ("{d}/corrupt.keras", "Could not load {d}/corrupt.keras: not a valid .keras model ("),
+])
+def test_evaluate_bad_model_files(bad_files, capsys, model, message):
+    d = str(bad_files)
+    code, _, err = run_cli(capsys, "evaluate", model.format(d=d), "--dataset", "sample")
+    assert_one_line_error(code, err, "evaluate", message.format(d=d))
+
+
+def test_evaluate_refuses_other_keras_models(tmp_path, capsys):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.save(tmp_path / "dense.keras")
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "dense.keras", "--dataset", "sample")
+    assert_one_line_error(code, err, "evaluate", f"{tmp_path}/dense.keras holds a Sequential, not a keras-vit "
+                                                 "VisionTransformer; evaluate needs a model saved by keras-vit.")
+
+
+def test_evaluate_labels_beyond_the_model(trained, bad_files, capsys):
+    out, _ = trained
+    code, _, err = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", bad_files / "twelve.npz")
+    assert_one_line_error(code, err, "evaluate", "twelve has labels up to 11 but the model has 10 classes; "
+                                                 "use a model built for this dataset.")
+
+
+def test_evaluate_needs_a_dataset(capsys):
+    code, _, err = run_cli(capsys, "evaluate", "model.keras")
+    assert_one_line_error(code, err, "evaluate", "the following arguments are required: --dataset")
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    """The installed ``keras-vit`` program, as a user runs it."""
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    proc = subprocess.run([sys.executable, "-m", "keras_vit.cli.main", "evaluate", str(tmp_path / "m.keras"),
+                           "--dataset", "sample"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"keras-vit evaluate: error: Model file not found: {tmp_path}/m.keras."
