@@ -64,6 +64,16 @@ IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 IMAGENET_NORMALISED_FAMILIES = ("deit", "mae", "dino")
 
 GOOGLE_PREFIXES = ("", "opt/target/")
+#: timm ViT variants keras-vit has no layers for, by a key that reveals them (checked first).
+UNSUPPORTED_TIMM_FEATURES = {
+    "fc_norm.": "average pooling with fc_norm (global_pool='avg')",
+    "reg_token": "register tokens",
+    "attn_pool.": "attention pooling (MAP head)",
+    "norm_pre.": "a pre-encoder LayerNorm (norm_pre, CLIP style)",
+    ".ls1.": "layer scale",
+    ".q_norm.": "q/k normalisation",
+    "patch_embed.norm.": "a normalised patch embedding",
+}
 _TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _ARCHITECTURE_KEYS = ("hidden_dim", "depth", "mlp_dim", "patch_size", "qkv_bias")
 
@@ -578,6 +588,13 @@ def _pre_logits_error(plan: _Plan, key: str) -> UserInputError:
 def _plan_timm(model, checkpoint: Checkpoint, replace_head: bool, adapt_channels: bool,
                antialias: bool) -> tuple[_Plan, LoadReport]:
     plan, report = _Plan(checkpoint), LoadReport(checkpoint.source, "timm")
+    for key in checkpoint.arrays:
+        feature = next((f for marker, f in UNSUPPORTED_TIMM_FEATURES.items() if marker in key), None)
+        if feature:
+            raise UserInputError(
+                f"{plan.source}: unsupported key {key!r}: this timm model uses {feature}, which keras-vit's "
+                "ViT does not have, so its logits could not match."
+            )
     parts = _layers(model)
     enc = parts["encoder"]
     dim, p, c = model.hidden_dim, model.patch_size, model.channels
@@ -923,6 +940,10 @@ def load_initial_model(
         changes.setdefault("preprocessing", _match_channels(model.preprocessing, int(channels)))
     if all(config.get(k) == v for k, v in changes.items()):
         return model
+    if "image_size" in changes or "channels" in changes:  # the preset label follows the architecture
+        new_config = {**config, **changes}
+        new_config["image_size"] = _pair(new_config["image_size"])
+        changes.setdefault("preset", _matching_preset(new_config))
     for key in _ARCHITECTURE_KEYS:
         if key in changes and changes[key] != config[key]:
             raise UserInputError(

@@ -279,9 +279,17 @@ def test_unsupported_and_depth_mismatch_keys_are_errors(target, custom_ref):
     state = timm_state_dict(custom_ref)
     state["blocks.0.ls1.gamma"] = np.ones(64, "float32")  # layer scale: would change the maths
     before = variables(target)
-    with pytest.raises(UserInputError, match=r"unsupported key 'blocks\.0\.ls1\.gamma'"):
+    with pytest.raises(UserInputError, match=r"unsupported key 'blocks\.0\.ls1\.gamma': this timm model uses "
+                                             "layer scale"):
         weights.load_timm(target, state)
     _assert_untouched(target, before)
+    avg = make_timm_vit(**CUSTOM, global_pool="avg")  # fc_norm instead of norm
+    with pytest.raises(UserInputError, match=r"'fc_norm\.weight': this timm model uses average pooling"):
+        weights.load_timm(target, avg.state_dict())
+    state = timm_state_dict(custom_ref)
+    state["extra.weight"] = np.ones(3, "float32")
+    with pytest.raises(UserInputError, match=r"unsupported key 'extra\.weight'\. keras-vit loads plain ViTs"):
+        weights.load_timm(target, state)
     deeper = make_timm_vit(**{**CUSTOM, "depth": 4})
     with pytest.raises(UserInputError, match="the checkpoint has 4 encoder blocks .* but the model has 3"):
         weights.load_timm(target, deeper.state_dict())
