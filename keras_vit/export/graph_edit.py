@@ -35,7 +35,9 @@ class GraphEditor:
         self.inputs = [i.name for i in graph.input]
         self._counter = 0
         self._constants: dict[str, np.ndarray] = {}
-        self.ranks = _ranks(self.model)
+        self.value_info = _inferred_value_info(self.model)
+        self.ranks = {name: len(info.type.tensor_type.shape.dim) for name, info in self.value_info.items()
+                      if info.type.tensor_type.HasField("shape")}
         self.reindex()
 
     # ----------------------------------------------------------------- lookup
@@ -114,6 +116,26 @@ class GraphEditor:
 
     def rank(self, name: str) -> int | None:
         return self.ranks.get(name)
+
+    def declare(self, name: str, like: str, dims: dict[int, int] | None = None) -> None:
+        """Give the new tensor ``name`` the type and shape of ``like``, with ``dims`` (axis -> size) replaced.
+
+        onnx's shape inference cannot see through ``com.microsoft`` ops; tools that need tensor types
+        downstream of them (onnxruntime's quantizer) read these declarations instead.
+        """
+        from onnx import helper
+
+        source = self.value_info.get(like)
+        if source is None:
+            return
+        declared = helper.make_empty_tensor_value_info(name)
+        declared.type.CopyFrom(source.type)
+        for axis, size in (dims or {}).items():
+            dim = declared.type.tensor_type.shape.dim[axis]
+            dim.Clear()
+            dim.dim_value = size
+        self.value_info[name] = declared
+        self.ranks[name] = len(declared.type.tensor_type.shape.dim)
 
     # ------------------------------------------------------------------ edits
     def fresh(self, hint: str) -> str:
@@ -195,6 +217,9 @@ class GraphEditor:
         del graph.initializer[:]
         graph.initializer.extend(self.initializers.values())
         del graph.value_info[:]
+        boundary = set(self.inputs) | set(self.outputs) | set(self.initializers)
+        computed = {name for node in self.nodes for name in node.output if name and name not in boundary}
+        graph.value_info.extend(info for name, info in self.value_info.items() if name in computed)
         if any(n.domain == MS_DOMAIN for n in self.nodes) and not any(
             o.domain == MS_DOMAIN for o in self.model.opset_import
         ):
@@ -202,23 +227,19 @@ class GraphEditor:
         return self.model
 
 
-def _ranks(model_proto) -> dict[str, int]:
-    """Tensor ranks from ONNX shape inference (empty when inference fails)."""
+def _inferred_value_info(model_proto) -> dict:
+    """Type and shape of every tensor ONNX shape inference can work out (empty when it fails)."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model_proto)
-    except Exception:  # noqa: BLE001 - ranks are an optional hint
+    except Exception:  # noqa: BLE001 - types and ranks are optional hints
         return {}
-    ranks = {}
     graph = inferred.graph
-    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            ranks[info.name] = len(tensor.shape.dim)
+    infos = {info.name: info for info in list(graph.value_info) + list(graph.input) + list(graph.output)}
     for init in graph.initializer:
-        ranks[init.name] = len(init.dims)
-    return ranks
+        infos[init.name] = onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+    return {name: info for name, info in infos.items() if info.type.HasField("tensor_type")}
 
 
 def _topological(nodes: list, available: set[str]) -> list:

@@ -143,6 +143,7 @@ def _sliced(editor: GraphEditor, name: str, new_nodes: list) -> str:
             return node.output[0]
     output = editor.fresh(name + "_token0")
     new_nodes.append(editor.make_node("Slice", [name, *_slice_constants(editor)], [output], hint="TokenSlice"))
+    editor.declare(output, like=name, dims={1: 1})
     editor.ranks[output] = 3
     return output
 
@@ -162,8 +163,9 @@ def _push_through(editor: GraphEditor, node, rows: tuple[int, ...]) -> None:
     outputs = [editor.fresh(name) if name else "" for name in node.output]
     clone = editor.make_node(node.op_type, inputs, outputs, hint=node.op_type, domain=node.domain)
     clone.attribute.extend(node.attribute)
-    for name in outputs:
+    for name, old in zip(outputs, node.output, strict=True):
         if name:
+            editor.declare(name, like=old, dims={1: 1})
             editor.ranks[name] = 3
     editor.replace(node, [*new_nodes, clone])
     _adopt_outputs(editor, node, outputs)
@@ -198,6 +200,10 @@ def _prune_attention(editor: GraphEditor, attention) -> bool:
         attributes["scale"] = float(scale)
     new_nodes.append(editor.make_node("MultiHeadAttention", [query, key, value, bias], [output],
                                       hint="MultiHeadAttentionToken0", domain=MS_DOMAIN, **attributes))
+    full = attention.output[0]
+    for name, like, dims in ((query, full, {1: 1}), (keys_values, full, {2: 2 * width}), (key, full, None),
+                             (value, full, None), (output, full, {1: 1})):
+        editor.declare(name, like=like, dims=dims)
     editor.ranks[output] = 3
     editor.replace(attention, new_nodes)
     _adopt_outputs(editor, attention, [output])

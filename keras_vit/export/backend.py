@@ -1,0 +1,88 @@
+"""Running a conversion under the TensorFlow backend from a process that uses JAX or PyTorch.
+
+Keras fixes its backend when it is first imported, and the conversion needs TensorFlow. When the
+calling process runs another backend, the model is saved as ``.keras`` (if it is not a path already)
+and ``python -m keras_vit.export`` converts it in a child process with ``KERAS_BACKEND=tensorflow``,
+writing to a temporary name beside the output; the child verifies the file against the TensorFlow
+reload, then the parent (for ONNX) checks it against its own in-memory model and renames it into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from keras_vit.errors import KerasViTError
+from keras_vit.export.atomic import atomic_output
+from keras_vit.export.errors import error_from_exit_code
+from keras_vit.export.report import ExportReport
+
+CHILD_ENV = "KERAS_VIT_EXPORT_CHILD"
+
+
+def current_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def needs_subprocess() -> bool:
+    """True when this process's Keras backend is not TensorFlow."""
+    backend = current_backend()
+    if backend != "tensorflow" and os.environ.get(CHILD_ENV):
+        raise KerasViTError(f"the export child process runs Keras on {backend}, not tensorflow.")
+    return backend != "tensorflow"
+
+
+def child_arguments(options: dict) -> list[str]:
+    """Command-line flags of ``python -m keras_vit.export`` for the keyword options of an export."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        else:
+            if key == "verify_data" and Path(str(value)).is_file():
+                value = str(Path(str(value)).absolute())
+            args.extend([flag, str(value)])
+    return args
+
+
+def export_in_subprocess(export_format: str, model_or_path, output: Path, options: dict,
+                         check=None) -> ExportReport:
+    """Export in a TensorFlow child process to a temporary name beside ``output``, then move it there.
+
+    ``check(temporary_path, report)``, if given, runs in this process before the rename and may raise.
+    """
+    with tempfile.TemporaryDirectory(prefix="keras_vit_export_") as tmp:
+        if isinstance(model_or_path, (str, os.PathLike)):
+            model_path = Path(model_or_path).absolute()
+        else:
+            model_path = Path(tmp) / "model.keras"
+            model_or_path.save(model_path)
+        report_file = Path(tmp) / "report.json"
+        with atomic_output(output, directory=export_format == "saved_model") as temporary:
+            command = [
+                sys.executable, "-m", "keras_vit.export", str(model_path), "--format", export_format,
+                "--output", str(temporary), "--report-json", str(report_file), *child_arguments(options),
+            ]
+            env = {**os.environ, "KERAS_BACKEND": "tensorflow", CHILD_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            result = json.loads(report_file.read_text()) if report_file.is_file() else None
+            if done.returncode != 0 or result is None or "error" in result:
+                if result and "error" in result:
+                    raise error_from_exit_code(result["error"], int(result.get("exit_code", 1)))
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise KerasViTError(f"the TensorFlow export process failed (exit {done.returncode}): {last}")
+            report = ExportReport.from_dict(result)
+            report.converted_in = "a tensorflow subprocess"
+            if check is not None:
+                check(temporary, report)
+        report.path = str(output)
+        return report

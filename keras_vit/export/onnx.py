@@ -1,0 +1,161 @@
+"""``to_onnx``: a Keras ViT (or plain image classifier) to a verified ONNX file with metadata.
+
+Steps, each its own module so that later passes can replace one of them:
+prepare (load, describe, verify data, Keras logits) -> convert (tf2onnx) -> check inputs/outputs and
+parity -> optimize (optional) -> quantize (optional) -> metadata -> write to a temporary name, verify
+the written file again, rename into place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from keras_vit.export import backend as _backend
+from keras_vit.export.atomic import atomic_output, check_output_folder
+from keras_vit.export.convert import DEFAULT_OPSET, check_opset, convert_to_onnx
+from keras_vit.export.errors import ExportVerificationError
+from keras_vit.export.metadata import build_metadata, set_onnx_metadata
+from keras_vit.export.report import ExportReport
+from keras_vit.export.signature import input_dtype_for, output_names
+from keras_vit.export.source import check_model_path, check_quantize, default_output, is_path, prepare
+from keras_vit.export.verify import (
+    INT8_MIN_AGREEMENT,
+    PARITY_TOLERANCE,
+    check_graph_io,
+    keras_logits,
+    onnx_parity,
+    ort_session,
+    run_onnx,
+    top1_agreement,
+)
+
+
+def to_onnx(
+    model_or_path,
+    path: str | os.PathLike | None = None,
+    opset: int = DEFAULT_OPSET,
+    include_preprocessing: bool = False,
+    optimize: bool = False,
+    quantize: str | None = None,
+    verify_data: str | os.PathLike | None = None,
+    include_probabilities: bool = False,
+    raw_input_dtype: str = "uint8",
+    verify_limit: int = 1000,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportReport:
+    """Export ``model_or_path`` (a ``keras.Model`` or a ``.keras`` path) to ONNX at ``path``.
+
+    The file has one input ``images`` (``[N, H, W, C]``, float32; raw pixels of ``raw_input_dtype``
+    with ``include_preprocessing``), output ``logits`` (and ``probabilities``), and keras-vit metadata
+    (:mod:`keras_vit.export.metadata`). It is written only after it matched the Keras model on real
+    images (max abs logit diff <= ``tolerance``; top-1 agreement >= 99 % for ``quantize="int8"``).
+    ``path`` defaults to ``MODEL.onnx`` (``MODEL.int8.onnx``) beside a ``.keras`` path. Works from any
+    Keras backend: under JAX or PyTorch the conversion runs in a TensorFlow subprocess.
+
+    Raises :class:`~keras_vit.errors.UserInputError` (exit 2) for bad input and
+    :class:`~keras_vit.export.errors.ExportVerificationError` (exit 1) when the file would not match.
+    """
+    start = time.perf_counter()
+    opset = check_opset(opset)
+    quantize = check_quantize(quantize)
+    input_dtype = input_dtype_for(include_preprocessing, raw_input_dtype)
+    check_model_path(model_or_path)
+    output = check_output_folder(path if path is not None else default_output(model_or_path, "onnx", quantize))
+    if _backend.needs_subprocess():
+        options = dict(opset=opset, include_preprocessing=include_preprocessing, optimize=optimize,
+                       quantize=quantize, verify_data=verify_data, include_probabilities=include_probabilities,
+                       raw_input_dtype=raw_input_dtype if include_preprocessing else None)
+        check = None if is_path(model_or_path) or quantize else _source_check(
+            model_or_path, verify_data, include_preprocessing, raw_input_dtype, tolerance)
+        report = _backend.export_in_subprocess("onnx", model_or_path, output, options, check=check)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    prepared = prepare(model_or_path, verify_data, verify_limit)
+    info, data = prepared.info, prepared.data
+    outputs = output_names(include_probabilities)
+    feed = prepared.feed(include_preprocessing, input_dtype)
+    parity_feed = feed[prepared.parity_index]
+
+    proto = convert_to_onnx(prepared.model, info, opset=opset, include_preprocessing=include_preprocessing,
+                            include_probabilities=include_probabilities, raw_input_dtype=input_dtype)
+    check_graph_io(proto, outputs)
+    onnx_parity(ort_session(proto.SerializeToString()), parity_feed, prepared.reference, tolerance)
+
+    optimization = None
+    if optimize:
+        from keras_vit.export.optimize import choose_graph, optimize_graph
+
+        proto, optimization = choose_graph(proto, optimize_graph(proto, info), parity_feed, prepared.reference)
+        check_graph_io(proto, outputs)
+
+    quantization, float_logits = None, None
+    if quantize:
+        from keras_vit.export.quantize import quantize_int8
+
+        float_logits = run_onnx(ort_session(proto.SerializeToString()), feed)["logits"]
+        proto, quantization = quantize_int8(proto, feed, float_logits, data.labels)
+
+    metadata = build_metadata(info, export_format="onnx", opset=opset, include_preprocessing=include_preprocessing,
+                              input_dtype=input_dtype, outputs=outputs)
+    set_onnx_metadata(proto, metadata)
+    parity = None
+    with atomic_output(output) as temporary:
+        _write(proto, temporary)
+        parity = _verify_file(temporary, outputs, parity_feed, prepared.reference, feed, float_logits, tolerance)
+        size = temporary.stat().st_size
+        if quantization is not None:
+            quantization.update(agreement=parity.pop("agreement"), size_after=size)
+            parity = None
+    return ExportReport(
+        format="onnx", path=str(output), metadata=metadata, inputs=["images"], outputs=list(outputs),
+        file_size=size, seconds=time.perf_counter() - start, verify_data=data.description, parity=parity,
+        optimization=optimization, quantization=quantization, warnings=list(info.warnings),
+    )
+
+
+def _write(proto, path: Path) -> None:
+    import onnx
+
+    onnx.save(proto, str(path))
+
+
+def _verify_file(path: Path, outputs, parity_feed, reference, feed, float_logits, tolerance) -> dict:
+    """Check the written file itself: it loads, has the right inputs/outputs, and matches."""
+    import onnx
+
+    check_graph_io(onnx.load(str(path)), outputs)
+    session = ort_session(path)
+    if float_logits is None:
+        return onnx_parity(session, parity_feed, reference, tolerance)
+    agreement = top1_agreement(run_onnx(session, feed)["logits"], float_logits)
+    if agreement < INT8_MIN_AGREEMENT:
+        raise ExportVerificationError(
+            f"INT8 export agrees with the float model on only {agreement:.1%} of top-1 predictions"
+        )
+    run_onnx(session, feed[: sum((17, 1))], [(0, 17), (17, 18)])  # dynamic batch: 17 and 1
+    return {"agreement": agreement}
+
+
+def _source_check(model, verify_data, include_preprocessing, raw_input_dtype, tolerance):
+    """For an in-memory model under JAX/PyTorch: compare the child's float ONNX with this process's model."""
+
+    def check(temporary: Path, report: ExportReport) -> None:
+        from keras_vit.export.model_info import describe_model
+        from keras_vit.export.verify import max_abs_diff, parity_indices, require_parity
+        from keras_vit.export.verify_data import load_verify_data
+
+        info = describe_model(model)
+        data = load_verify_data(verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
+        index = parity_indices(len(data))
+        feed = data.feed(include_preprocessing, input_dtype_for(include_preprocessing, raw_input_dtype))[index]
+        logits = run_onnx(ort_session(temporary), feed)["logits"]
+        diff = max_abs_diff(logits, keras_logits(model, data.inputs[index]))
+        require_parity(diff, tolerance)
+        report.source_parity = {"backend": _backend.current_backend(), "max_abs_diff": diff,
+                                "samples": int(len(index)), "tolerance": tolerance}
+
+    return check
+

@@ -1,0 +1,164 @@
+"""Real images to verify an export on: a named dataset, an ``.npz`` file, or the packaged MNIST sample.
+
+``--verify-data`` takes a name (``mnist``, ``fashion_mnist``, ``cifar10``, ``usps``, ``mnist_sample``),
+looked up as ``<name>/<file>.npz`` under ``$KERAS_VIT_DATA``, ``./shared/data`` or ``../shared/data``
+(``mnist_sample`` is the 1,000 test digits shipped in ``keras_vit/data``), or a path to an ``.npz``
+with images under ``x_test``, ``x`` or ``images`` and optional labels under ``y_test``, ``y`` or
+``labels``. Integer images are raw 0..255 pixels and go through the model's preprocessing; float
+images are taken as the model's input as they are. Without ``--verify-data`` the packaged MNIST sample
+is used, resized and converted to the model's image size and channels when they differ, so that every
+export is checked on real-looking images rather than noise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keras_vit.errors import UserInputError
+
+PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mnist_sample.npz"
+DATASETS = {
+    "mnist": "mnist/mnist.npz",
+    "fashion_mnist": "fashion_mnist/fashion_mnist.npz",
+    "cifar10": "cifar10_jpeg/cifar10_jpeg.npz",
+    "usps": "usps/usps_holdout.npz",
+}
+_IMAGE_KEYS = ("x_test", "x", "images")
+_LABEL_KEYS = ("y_test", "y", "labels")
+
+
+@dataclass
+class VerifyData:
+    """Images in the model's ``(N, H, W, C)`` shape.
+
+    ``raw`` holds uint8 pixels (``None`` when the data came as float model inputs), ``inputs`` the
+    float32 model inputs, ``labels`` the integer labels if known.
+    """
+
+    raw: np.ndarray | None
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def feed(self, include_preprocessing: bool, raw_input_dtype: str = "uint8") -> np.ndarray:
+        """What the exported graph takes: raw pixels when preprocessing is inside, else model inputs."""
+        if not include_preprocessing:
+            return self.inputs
+        if self.raw is None:
+            raise UserInputError(
+                "--include-preprocessing needs raw integer pixels in --verify-data, got float model inputs."
+            )
+        return self.raw.astype(raw_input_dtype)
+
+
+def preprocess(raw: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """``(raw * scale - mean) / std`` per channel, in float32 (the same ops as the exported graph)."""
+    x = raw.astype("float32") * np.float32(preprocessing["scale"])
+    return (x - np.asarray(preprocessing["mean"], "float32")) / np.asarray(preprocessing["std"], "float32")
+
+
+def resolve_dataset(name: str) -> Path:
+    """The ``.npz`` file for a dataset name or path; :class:`UserInputError` if there is none."""
+    if name == "mnist_sample":
+        return PACKAGED_SAMPLE
+    candidate = Path(name).expanduser()
+    if name.endswith(".npz") or candidate.is_file():
+        if not candidate.is_file():
+            raise UserInputError(f"verify data file {candidate} does not exist.")
+        return candidate
+    if name not in DATASETS:
+        raise UserInputError(
+            f"unknown verify data {name!r}: give an .npz file or one of {', '.join([*DATASETS, 'mnist_sample'])}."
+        )
+    roots = [os.environ.get("KERAS_VIT_DATA"), "shared/data", "../shared/data"]
+    for root in roots:
+        if root and (Path(root) / DATASETS[name]).is_file():
+            return Path(root) / DATASETS[name]
+    raise UserInputError(
+        f"dataset {name!r} not found ({DATASETS[name]} under $KERAS_VIT_DATA, ./shared/data or ../shared/data)."
+    )
+
+
+def load_verify_data(
+    source: str | os.PathLike | None,
+    image_size: tuple[int, int],
+    channels: int,
+    preprocessing: dict[str, Any],
+    limit: int = 1000,
+) -> VerifyData:
+    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped."""
+    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            image_key = next((k for k in _IMAGE_KEYS if k in data.files), None)
+            if image_key is None:
+                raise UserInputError(f"{path} has no images under any of {', '.join(_IMAGE_KEYS)}.")
+            images = np.asarray(data[image_key][:limit])
+            label_key = next((k for k in _LABEL_KEYS if k in data.files), None)
+            labels = np.asarray(data[label_key][:limit]).reshape(-1).astype("int64") if label_key else None
+    except UserInputError:
+        raise
+    except Exception as err:
+        raise UserInputError(f"could not read verify data {path}: {err}") from None
+    if len(images) == 0:
+        raise UserInputError(f"verify data {path} holds no images.")
+    description = f"{len(images)} images from {path.name if source is None else source}"
+    is_raw = np.issubdtype(images.dtype, np.integer)
+    images = _to_nhwc(images.astype("float32"), path)
+    changed = images.shape[1:] != (*image_size, channels)
+    images = _match_shape(images, image_size, channels)
+    if changed:
+        description += f" resized to {image_size[0]}x{image_size[1]}x{channels}"
+    if is_raw:
+        raw = np.clip(np.rint(images), 0, 255).astype("uint8")
+        return VerifyData(raw, preprocess(raw, preprocessing), labels, description)
+    return VerifyData(None, images.astype("float32"), labels, description + " (float model inputs)")
+
+
+def _to_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
+    if images.ndim == 3:
+        return images[..., None]
+    if images.ndim != 4:
+        raise UserInputError(f"verify data {path} has images of shape {images.shape}: expected (N, H, W[, C]).")
+    return images
+
+
+def _match_shape(images: np.ndarray, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Resize (bilinear) and convert grayscale <-> colour to the model's input shape."""
+    if images.shape[1:3] != tuple(image_size):
+        images = resize_bilinear(images, image_size)
+    have = images.shape[-1]
+    if have != channels:
+        if have in (3, 4) and channels == 1:
+            images = images[..., :3] @ np.asarray([0.299, 0.587, 0.114], "float32")[:, None]
+        elif have == 1:
+            images = np.repeat(images, channels, axis=-1)
+        else:
+            images = np.repeat(images[..., :3].mean(axis=-1, keepdims=True), channels, axis=-1)
+    return images
+
+
+def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(N, H, W, C)`` float images with half-pixel centres (numpy only)."""
+    out = images
+    for axis, new in ((1, size[0]), (2, size[1])):
+        old = out.shape[axis]
+        if old == new:
+            continue
+        centres = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)
+        low = np.floor(centres).astype(int)
+        high = np.minimum(low + 1, old - 1)
+        weight = (centres - low).astype("float32")
+        shape = [1, 1, 1, 1]
+        shape[axis] = new
+        weight = weight.reshape(shape)
+        out = np.take(out, low, axis=axis) * (1 - weight) + np.take(out, high, axis=axis) * weight
+    return out.astype("float32")

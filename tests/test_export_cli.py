@@ -1,0 +1,182 @@
+"""``keras-vit export``: what it prints, exit codes, one-line errors, and nothing left behind on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+pytest.importorskip("tf2onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import keras  # noqa: E402
+
+import keras_vit  # noqa: E402
+from keras_vit.cli.main import main  # noqa: E402
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
+
+
+def run_cli(capsys, *args):
+    code = main(["export", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("keras-vit export: error:")]
+    assert len(lines) == 1, err
+    return lines[0].removeprefix("keras-vit export: error: ")
+
+
+@pytest.fixture(scope="module")
+def tiny_keras(tmp_path_factory):
+    keras.utils.set_random_seed(4)
+    path = tmp_path_factory.mktemp("cli") / "tiny.keras"
+    keras_vit.create_model("vit_tiny_patch16_224", depth=1, image_size=32, num_classes=3).save(path)
+    return path
+
+
+def test_missing_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, tmp_path / "nope.keras")
+    assert code == 2 and one_error_line(err) == f"model file {tmp_path / 'nope.keras'} does not exist."
+
+
+def test_not_a_zip(capsys, tmp_path):
+    (tmp_path / "bad.keras").write_bytes(b"not a model")
+    code, _, err = run_cli(capsys, tmp_path / "bad.keras")
+    assert code == 2
+    assert one_error_line(err).endswith("is not a valid .keras file (not a zip archive): it is truncated or corrupt.")
+
+
+def test_corrupt_archive(capsys, tmp_path):
+    with zipfile.ZipFile(tmp_path / "broken.keras", "w") as archive:
+        archive.writestr("config.json", "{ not json")
+    code, _, err = run_cli(capsys, tmp_path / "broken.keras")
+    assert code == 2 and "could not be loaded as a Keras model (corrupt .keras?)" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == [tmp_path / "broken.keras"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "tflite"], "unknown export format 'tflite': choose one of onnx, saved_model."),
+        (["--opset", "11"], "unsupported ONNX opset '11': supported opsets are 13-18 (default 17)."),
+        (["--quantize", "int4"], "unknown quantization 'int4': the only one supported is int8."),
+        (["--format", "saved_model", "--quantize", "int8"],
+         "--optimize and --quantize apply to ONNX exports only (use --format onnx)."),
+        (["--verify-data", "imagenet"], "unknown verify data 'imagenet': give an .npz file or one of mnist, "
+         "fashion_mnist, cifar10, usps, mnist_sample."),
+    ],
+)
+def test_bad_options(capsys, tiny_keras, args, message):
+    code, _, err = run_cli(capsys, tiny_keras, *args)
+    assert code == 2 and one_error_line(err) == message
+
+
+def test_output_folder_missing_or_not_writable(capsys, tiny_keras, tmp_path):
+    code, _, err = run_cli(capsys, tiny_keras, "--output", tmp_path / "no" / "m.onnx")
+    assert code == 2 and one_error_line(err).startswith(f"output folder {tmp_path / 'no'} does not exist")
+    if os.geteuid() == 0:
+        folder = Path("/proc/1")  # root ignores permission bits; procfs refuses new files
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+    code, _, err = run_cli(capsys, tiny_keras, "--output", folder / "m.onnx")
+    assert code == 2 and one_error_line(err).startswith(f"output folder {folder} is not writable")
+
+
+def test_unknown_custom_model_is_not_a_keras_vit_model(capsys, tmp_path):
+    @keras.saving.register_keras_serializable(package="someone_else")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(Doubler()(inputs)))).save(tmp_path / "c.keras")
+    del keras.saving.get_custom_objects()["someone_else>Doubler"]
+    code, _, err = run_cli(capsys, tmp_path / "c.keras")
+    assert code == 2 and one_error_line(err) == (
+        f"{tmp_path / 'c.keras'} is not a keras-vit model: it uses custom classes that Keras cannot rebuild "
+        "without their code (someone_else>Doubler)."
+    )
+
+
+def test_plain_classifier_exports_generically(capsys, tmp_path):
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((12, 12, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "cnn.keras")
+    code, out, err = run_cli(capsys, tmp_path / "cnn.keras")
+    assert code == 0, err
+    assert "warning: the model (Functional) is not a keras-vit VisionTransformer: exported as a generic" in out
+    assert "parity vs Keras on 64 images" in out
+    session = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (17, 12, 12, 3)).astype("float32")
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert np.max(np.abs(session.run(None, {"images": x})[0] - model.predict_on_batch(x))) <= 1e-4
+
+
+def test_model_that_is_not_an_image_classifier(capsys, tmp_path):
+    inputs = keras.Input((5,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "mlp.keras")
+    code, _, err = run_cli(capsys, tmp_path / "mlp.keras")
+    assert code == 2
+    assert "is not a keras-vit VisionTransformer, nor a plain image classifier" in one_error_line(err)
+
+
+def test_verification_failure_exit_1_and_no_file(capsys, tiny_keras, tmp_path, monkeypatch):
+    """A converter that shifts the logits: the check catches it, exit 1, nothing written."""
+    from test_export_onnx import shift_logits
+
+    import keras_vit.export.onnx as onnx_export
+
+    real = onnx_export.convert_to_onnx
+    monkeypatch.setattr(onnx_export, "convert_to_onnx", lambda *a, **k: shift_logits(real(*a, **k), -0.25))
+    code, out, err = run_cli(capsys, tiny_keras, "--output", tmp_path / "t.onnx")
+    assert code == 1 and out == ""
+    assert one_error_line(err) == "export does not match the Keras model: max abs diff 0.25 > 1e-4"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_end_to_end_prints_checked_figures(trained_mnist_model, tmp_path):
+    """The installed command in a fresh process: ONNX with --optimize, figures printed, JSON report."""
+    output = tmp_path / "out.onnx"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_vit.cli.main", "export", str(trained_mnist_model), "--output", str(output),
+         "--optimize", "--include-probabilities", "--verify-data", "mnist_sample", "--json"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["path"] == str(output) and output.is_file()
+    assert report["parity"]["max_abs_diff"] <= 1e-4 and report["outputs"] == ["logits", "probabilities"]
+    assert report["optimization"]["kept"] in ("plain", "optimized")
+    assert report["metadata"]["opset"] == 17
+
+
+def test_cli_under_torch_backend_exports_saved_model(tiny_keras, tmp_path):
+    """From a PyTorch-backend process the export runs in a TensorFlow subprocess and is still verified."""
+    pytest.importorskip("torch")
+    output = tmp_path / "tiny_sm"
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_vit.cli.main", "export", str(tiny_keras), "--format", "saved_model",
+         "--output", str(output)], env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {output} (saved_model" in done.stdout and "[converted in a tensorflow subprocess]" in done.stdout
+    assert "max abs logit diff" in done.stdout
+    assert (output / "saved_model.pb").is_file() and (output / "keras_vit_metadata.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny_sm"]
