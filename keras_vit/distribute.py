@@ -16,10 +16,12 @@ What each mode does, per Keras backend:
   process, ``keras.distribution.initialize()`` (that is ``jax.distributed.initialize``) runs first and
   the devices are those of every host. Process 0 is the chief.
 * **TensorFlow** -- ``tf.distribute.MirroredStrategy`` over the GPUs of this host (or, without GPUs,
-  its logical CPU devices); ``tf.distribute.MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set
-  (the chief is the ``chief`` task, else ``worker`` 0). Keras' TensorFlow optimizer clips gradients
-  before its cross-replica sum, so :meth:`Distribution.prepare_optimizer` moves the sum before the
-  clipping: ``global_clipnorm`` then sees the same global gradient as on one device.
+  its logical CPU devices). Keras' TensorFlow optimizer clips gradients before its cross-replica sum,
+  so :meth:`Distribution.prepare_optimizer` moves the sum before the clipping: ``global_clipnorm``
+  then sees the same global gradient as on one device. Several machines (``TF_CONFIG``,
+  ``tf.distribute.MultiWorkerMirroredStrategy``) are refused with a clear error: Keras 3's ``fit``
+  fails under that strategy (keras-team/keras#20585; reproduced here with Keras 3.15 / TF 2.21 on
+  two local workers), so multi-host training goes through JAX.
 * **PyTorch** -- Keras 3 has no distribution support for ``fit`` on the torch backend
   (``keras.distribution`` covers JAX, and ``tf.distribute`` is TensorFlow's; DistributedDataParallel
   needs a hand-written torch training loop, outside Keras' engine). ``"data-parallel"`` raises
@@ -39,7 +41,6 @@ with it; :func:`scaled_learning_rate` is the linear rule (``lr * batch / referen
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -305,7 +306,7 @@ def _configure_tensorflow(mode: str, devices: int | None) -> Distribution:
     if mode == "none":
         return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[])
     if tf_config:
-        return _multi_worker(tf, tf_config, devices)
+        raise KerasViTError(MULTI_WORKER_UNSUPPORTED)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "auto" and len(gpus) < 2:
         return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[],
@@ -317,25 +318,12 @@ def _configure_tensorflow(mode: str, devices: int | None) -> Distribution:
                         devices=[_short(d) for d in chosen], strategy=strategy)
 
 
-def _multi_worker(tf, tf_config: str, devices: int | None) -> Distribution:
-    if devices is not None:
-        raise UserInputError("--devices applies to one machine; with TF_CONFIG every worker uses all its GPUs.")
-    try:
-        spec = json.loads(tf_config)
-        cluster, task = spec["cluster"], spec.get("task", {})
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserInputError(f"TF_CONFIG is not valid JSON with a 'cluster' entry ({err}).") from err
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    task_type, task_id = task.get("type"), int(task.get("index", 0))
-    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
-    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-    index = 0 if chief else task_id + (1 if "chief" in cluster and task_type == "worker" else 0)
-    replicas = int(strategy.num_replicas_in_sync)
-    local = [_short(d) for d in strategy.extended.worker_devices]
-    return Distribution(mode="data-parallel", backend="tensorflow",
-                        engine="tf.distribute.MultiWorkerMirroredStrategy",
-                        devices=local + [f"remote:{i}" for i in range(replicas - len(local))],
-                        num_workers=workers, worker_index=index, strategy=strategy)
+#: Why ``TF_CONFIG`` (several machines on TensorFlow) is refused.
+MULTI_WORKER_UNSUPPORTED = (
+    "TF_CONFIG is set, but Keras 3's fit does not run under tf.distribute.MultiWorkerMirroredStrategy (it fails "
+    "building the model on the first batch: keras-team/keras#20585); train on several machines with "
+    "KERAS_BACKEND=jax and the KERAS_DISTRIBUTION_* variables, or unset TF_CONFIG for one machine."
+)
 
 
 def _clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:

@@ -164,6 +164,19 @@ def test_bad_requests_are_user_errors():
         two.global_batch_size(33)
 
 
+def test_tf_config_is_refused_with_the_reason(monkeypatch):
+    """Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): say so up front."""
+    from keras_vit.distribute import MULTI_WORKER_UNSUPPORTED, configure_distribution
+    from keras_vit.errors import KerasViTError
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    with pytest.raises(KerasViTError) as caught:
+        configure_distribution("data-parallel")
+    assert str(caught.value) == MULTI_WORKER_UNSUPPORTED
+    assert configure_distribution("none").num_replicas == 1
+
+
 def test_partial_batches_are_dropped_only_where_jax_needs_it():
     import tensorflow as tf
 
