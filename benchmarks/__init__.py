@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``python -m benchmarks.run`` compares keras-vit's ONNX and training speed with timm's."""

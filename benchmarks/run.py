@@ -1,0 +1,175 @@
+"""keras-vit vs timm, side by side on this machine: onnxruntime inference and training speed.
+
+Not a test. From the repository root::
+
+    python -m benchmarks.run                    # vit_tiny_patch16_224 and vit_mnist, threads 1 and 2
+    python -m benchmarks.run --tiny             # a one-block model, seconds (what the tests run)
+    python -m benchmarks.run --models vit_mnist --threads 1 --rounds 9 --no-training
+
+Both sides get the same random weights (perturbed timm weights loaded into keras-vit). Candidates are
+timed interleaved round by round (see :mod:`benchmarks.timing`); figures are medians. Writes
+``results.json`` and ``results.md`` into ``--output-dir`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import report as report_mod  # noqa: E402
+from benchmarks.timing import interleaved, matmul_gflops, ort_session, summarize, vit_forward_flops  # noqa: E402
+
+DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_mnist")
+DEFAULT_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model specs")
+    parser.add_argument("--tiny", action="store_true", help="one tiny model, few runs: checks that it all works")
+    parser.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts (default 1,2)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds at batch 1 (default 7)")
+    parser.add_argument("--runs", type=int, default=20, help="calls per candidate per round at batch 1 (default 20)")
+    parser.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
+    parser.add_argument("--batch-rounds", type=int, default=3, help="interleaved rounds at --batch (default 3)")
+    parser.add_argument("--no-training", action="store_true", help="skip the training images/s")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help="Keras backends to train on")
+    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
+    parser.add_argument("--train-repeats", type=int, default=2, help="interleaved training runs per side")
+    parser.add_argument("--output-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    args.models = ["tiny"] if args.tiny else [m for m in args.models.split(",") if m]
+    args.backends = [b for b in args.backends.split(",") if b]
+    if args.tiny:
+        args.rounds, args.runs, args.batch, args.batch_rounds = min(args.rounds, 2), min(args.runs, 3), 4, 1
+        args.train_steps, args.train_repeats, args.backends = 2, 1, ["tensorflow"]
+    return args
+
+
+def environment() -> dict:
+    import keras
+    import onnxruntime
+    import tf2onnx
+    import torch
+
+    from keras_vit.testing.timm_reference import import_timm
+
+    return {
+        "machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count(),
+        "load_average_start": list(os.getloadavg()), "python": platform.python_version(),
+        "keras": keras.__version__, "onnxruntime": onnxruntime.__version__, "tf2onnx": tf2onnx.__version__,
+        "torch": torch.__version__, "timm": import_timm().__version__,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_candidates(candidates, images_nhwc: np.ndarray, threads: int, rounds: int, runs: int) -> dict[str, dict]:
+    """Interleaved latency of every candidate on ``images_nhwc`` (transposed for NCHW files)."""
+    from benchmarks.candidates import nchw
+
+    calls = {}
+    for candidate in candidates:
+        session = ort_session(candidate.path, threads)
+        feed = images_nhwc if candidate.layout == "NHWC" else nchw(images_nhwc)
+        calls[candidate.name] = (lambda s=session, f=feed: s.run(None, {"images": f}))
+    times = interleaved(calls, rounds=rounds, runs=runs)
+    return {name: summarize(t, len(images_nhwc)) for name, t in times.items()}
+
+
+def benchmark_model(name: str, args, workdir: Path, log) -> dict:
+    from benchmarks.candidates import SPECS, build_candidates, int8_agreement, random_images
+
+    spec = SPECS[name]
+    log(f"[{name}] building and exporting both sides")
+    candidates, info = build_candidates(spec, workdir / name, log=log)
+    model_like = spec.keras_model()
+    int8_agreement(candidates, random_images(model_like, 64, seed=2))
+    info["flops"] = vit_forward_flops(model_like.image_size[0], model_like.patch_size, model_like.channels,
+                                      model_like.hidden_dim, model_like.depth, model_like.mlp_dim,
+                                      model_like.num_classes)
+    result = {"info": info, "candidates": [c.to_dict() for c in candidates], "latency": {}, "throughput": {}}
+    one, many = random_images(model_like, 1, seed=3), random_images(model_like, args.batch, seed=4)
+    for threads in args.threads:
+        log(f"[{name}] batch 1, {threads} thread(s): {args.rounds} rounds x {args.runs} calls")
+        result["latency"][str(threads)] = time_candidates(candidates, one, threads, args.rounds, args.runs)
+        log(f"[{name}] batch {args.batch}, {threads} thread(s): {args.batch_rounds} rounds")
+        result["throughput"][str(threads)] = time_candidates(candidates, many, threads, args.batch_rounds, 1)
+    result["summary"] = report_mod.summarize_model(result, args.batch)
+    return result
+
+
+def benchmark_training(names: list[str], args, log) -> dict:
+    from benchmarks.candidates import SPECS
+    from benchmarks.training_speed import measure
+
+    out = {}
+    for name in names:
+        spec = SPECS[name]
+        sides = [*args.backends, "timm"]
+        runs: dict[str, list] = {side: [] for side in sides}
+        for repeat in range(args.train_repeats):
+            for side in sides:
+                log(f"[{name}] training, {side}, batch {spec.train_batch} (run {repeat + 1}/{args.train_repeats})")
+                runs[side].append(measure(side, name, spec.train_batch, args.train_steps, warmup=2))
+        out[name] = {"batch": spec.train_batch, "steps": args.train_steps, "runs": runs,
+                     "images_per_s": {side: _median_of(r, "images_per_s") for side, r in runs.items()},
+                     "images_per_cpu_s": {side: _median_of(r, "images_per_cpu_s") for side, r in runs.items()}}
+    return out
+
+
+def _median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return float(np.median(values)) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.time()
+    results = {"command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "output_dir"}}
+    size = 256 if args.tiny else 2048
+    log(f"roofline: {size}^2 float32 MatMul in onnxruntime")
+    results["roofline"] = {str(t): matmul_gflops(t, size=size, rounds=2 if args.tiny else 5) for t in args.threads}
+    results["models"] = {}
+    with tempfile.TemporaryDirectory(prefix="kvit_bench_") as tmp:
+        for name in args.models:
+            results["models"][name] = benchmark_model(name, args, Path(tmp), log)
+    report_mod.add_roofline(results)
+    results["training"] = {} if args.no_training else benchmark_training(args.models, args, log)
+    results["environment"]["load_average_end"] = list(os.getloadavg())
+    results["seconds"] = time.time() - started
+    paths = report_mod.write(results, Path(args.output_dir))
+    print(report_mod.markdown(results))
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

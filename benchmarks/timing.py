@@ -1,0 +1,87 @@
+"""Interleaved timing of several candidates on a busy machine, and the machine's matmul speed.
+
+Every candidate runs a few calls per round, round after round, so that load from other processes falls
+on all of them alike; figures are medians over all calls. With one onnxruntime thread the work runs
+on the calling thread, so its CPU time (``time.thread_time``) is recorded too: it leaves out the time
+the thread waited for a core, which on a shared machine is most of the noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, runs: int, warmup: int = 2) -> dict[str, dict]:
+    """Time each call ``rounds * runs`` times, interleaved; returns ``{name: {"wall": s[], "cpu": s[]}}``."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples = {name: {"wall": [], "cpu": []} for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(runs):
+                wall, cpu = time.perf_counter(), time.thread_time()
+                call()
+                samples[name]["cpu"].append(time.thread_time() - cpu)
+                samples[name]["wall"].append(time.perf_counter() - wall)
+    return {name: {k: np.asarray(v) for k, v in s.items()} for name, s in samples.items()}
+
+
+def summarize(times: dict[str, np.ndarray], batch: int) -> dict[str, float]:
+    """p50/p90 wall latency (ms), CPU p50 (ms), images/s from the wall median."""
+    wall, cpu = times["wall"], times["cpu"]
+    return {
+        "p50_ms": float(np.median(wall) * 1e3),
+        "p90_ms": float(np.percentile(wall, 90) * 1e3),
+        "cpu_p50_ms": float(np.median(cpu) * 1e3),
+        "images_per_s": float(batch / np.median(wall)),
+        "cpu_images_per_s": float(batch / max(np.median(cpu), 1e-12)),
+        "samples": int(len(wall)),
+    }
+
+
+def ort_session(path_or_bytes, threads: int):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (default graph optimisation, ALL)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes),
+                                options, providers=["CPUExecutionProvider"])
+
+
+def matmul_gflops(threads: int, size: int = 2048, rounds: int = 5) -> dict[str, float]:
+    """GFLOP/s of one ``size x size`` float32 MatMul in onnxruntime (MLAS, the kernels the models use)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((size, size)).astype("float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort_session(model.SerializeToString(), threads)
+    x = rng.standard_normal((size, size)).astype("float32")
+    times = interleaved({"matmul": lambda: session.run(None, {"x": x})}, rounds=rounds, runs=1, warmup=1)["matmul"]
+    flops = 2.0 * size**3
+    out = {"threads": threads, "size": size, "gflops": float(flops / np.median(times["wall"]) / 1e9)}
+    if threads == 1:
+        out["cpu_gflops"] = float(flops / np.median(times["cpu"]) / 1e9)
+    return out
+
+
+def vit_forward_flops(image_size: int, patch_size: int, channels: int, dim: int, depth: int, mlp_dim: int,
+                      num_classes: int) -> float:
+    """Multiply-add FLOPs (x2) of one ViT forward pass per image: every matrix product, nothing else."""
+    patches = (image_size // patch_size) ** 2
+    tokens = patches + 1
+    embed = 2 * patches * patch_size * patch_size * channels * dim
+    block = 2 * tokens * dim * (3 * dim + dim + 2 * mlp_dim) + 2 * 2 * tokens * tokens * dim
+    return float(embed + depth * block + 2 * dim * num_classes)

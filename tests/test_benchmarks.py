@@ -1,0 +1,78 @@
+"""``python -m benchmarks.run --tiny`` runs end to end and writes well-formed results (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES = ["keras-vit fp32", "keras-vit optimized", "keras-vit int8", "timm fp32", "timm optimized",
+              "timm optimized-noskip", "timm int8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--output-dir", str(out)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), done.stdout
+
+
+def test_json_structure(tiny_results):
+    results, _, _ = tiny_results
+    assert results["command"].startswith("python -m benchmarks.run --tiny")
+    assert set(results["roofline"]) == {"1", "2"} and all(r["gflops"] > 0 for r in results["roofline"].values())
+    model = results["models"]["tiny"]
+    assert [c["name"] for c in model["candidates"]] == CANDIDATES
+    for threads in ("1", "2"):
+        assert set(model["latency"][threads]) == set(CANDIDATES)
+        assert set(model["throughput"][threads]) == set(CANDIDATES)
+        for row in model["latency"][threads].values():
+            assert 0 < row["p50_ms"] <= row["p90_ms"] and row["samples"] == 2 * 3
+        assert model["summary"][threads]["batch1_p50_ratio"] > 0
+    assert model["summary"]["1"]["batch1_cpu_ratio"] > 0
+    assert 0 < model["roofline"]["1"]["keras-vit optimized"]["fraction"]
+    training = results["training"]["tiny"]
+    assert set(training["images_per_s"]) == {"tensorflow", "timm"}
+    assert all(v > 0 for v in training["images_per_s"].values()), training["runs"]
+
+
+def test_candidates_are_verified_and_fused(tiny_results):
+    results, _, _ = tiny_results
+    model = results["models"]["tiny"]
+    by_name = {c["name"]: c for c in model["candidates"]}
+    assert model["info"]["keras_vs_timm_max_abs_diff"] <= 1e-4  # same weights on both sides
+    for name in CANDIDATES:
+        candidate = by_name[name]
+        if candidate["kind"] == "int8":
+            assert 0 <= candidate["top1_agreement"] <= 1
+        else:
+            assert candidate["max_abs_diff"] <= 1e-4, name
+    ours = by_name["keras-vit optimized"]
+    assert ours["fused_ops"]["Attention"] == model["info"]["depth"]
+    assert ours["fused_ops"]["SkipLayerNormalization"] == 0
+    assert ours["nodes_in_session"] < by_name["keras-vit fp32"]["nodes_in_session"]
+    assert ours["nodes_in_session"] <= min(by_name[n]["nodes_in_session"] for n in CANDIDATES[3:6])
+
+
+def test_markdown_table(tiny_results):
+    results, markdown, stdout = tiny_results
+    assert markdown.strip() == stdout.strip()
+    assert "### tiny" in markdown and "### Training images/s" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| candidate |"))
+    columns = header.count("|") - 1
+    rows = [line for line in markdown.splitlines() if line.startswith("| keras-vit") or line.startswith("| timm")]
+    assert [r.split("|")[1].strip() for r in rows] == CANDIDATES
+    assert all(r.count("|") - 1 == columns for r in rows)
+    assert "1 thread(s), keras-vit optimized: batch-1 latency" in markdown
