@@ -66,6 +66,10 @@ class TrainConfig:
         clipnorm: global gradient-norm clipping (``None`` for none).
         pipeline: ``"auto"`` (``tf.data`` when TensorFlow is installed), ``"tf.data"`` or ``"pydataset"``.
         verbose: Keras' ``fit`` verbosity (``"auto"``/1: progress bar, 2: one line per epoch, 0: silent).
+        distribute: ``"none"``, ``"data-parallel"`` or ``"auto"`` (:mod:`keras_vit.distribute`). With data
+            parallelism ``batch_size`` is the global batch (split over the devices, learning rate kept) and
+            the model must have been built in ``configure_distribution(distribute, devices).scope()``.
+        devices: data parallelism over the first ``devices`` devices only (one machine; ``None``: all).
     """
 
     epochs: int = 10
@@ -85,6 +89,8 @@ class TrainConfig:
     clipnorm: float | None = 1.0
     pipeline: str = "auto"
     verbose: int | str = "auto"
+    distribute: str = "none"
+    devices: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`UserInputError` for values that cannot work."""
@@ -104,6 +110,8 @@ class TrainConfig:
                                                         f"got {self.jit_compile!r}"),
             (self.pipeline in ("auto", "tf.data", "pydataset"),
              f"pipeline must be auto, tf.data or pydataset, got {self.pipeline!r}"),
+            (self.distribute in ("auto", "none", "data-parallel"),
+             f"distribute must be auto, none or data-parallel, got {self.distribute!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -436,6 +444,10 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     """
     config = config or TrainConfig()
     config.validate()
+    if distribution is None and config.distribute != "none":
+        from keras_vit.distribute import configure_distribution
+
+        distribution = configure_distribution(config.distribute, config.devices)
     image_size, channels, preprocessing, num_classes = _model_input(model)
     _check_precision(model, config.mixed_precision)
     check_labels(dataset, num_classes)
@@ -454,16 +466,21 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         distribution.check_model(model)
         distribution.global_batch_size(config.batch_size)
         train_data = distribution.full_batches(train_data, config.batch_size)
+        if distribution.needs_full_batches and len(x_val) < config.batch_size:
+            val_data = None  # not one full batch to validate on
         val_data = distribution.full_batches(val_data, config.batch_size)
         if distribution.needs_full_batches:
             steps_per_epoch = max(len(x_train) // config.batch_size, 1)
         scope = distribution.scope()
-    optimizer = build_optimizer(config, steps_per_epoch)
     if distribution is not None:
-        optimizer = distribution.prepare_optimizer(optimizer)
+        with distribution.scope():  # the optimizer's variables must belong to the same strategy
+            optimizer = distribution.prepare_optimizer(build_optimizer(config, steps_per_epoch))
+    else:
+        optimizer = build_optimizer(config, steps_per_epoch)
+    chief = distribution is None or distribution.is_chief  # only the chief writes files
 
     out = Path(config.output_dir) if config.output_dir else None
-    history_path = out / "history.json" if out else None
+    history_path = out / "history.json" if out and chief else None
     previous = _read_json(history_path) if history_path and (out / "backup").is_dir() else None
     record: dict[str, Any] = {
         "status": "running",
@@ -471,6 +488,7 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         "model": {"name": model.name, "preset": getattr(model, "preset", None),
                   "parameters": int(sum(int(np.prod(v.shape)) for v in model.weights))},
         "device": describe_device(),
+        "distribution": distribution.describe() if distribution is not None else "single device",
         "augmentation": policy,
         "config": asdict(config),
         "images": {"train": len(x_train), "validation": len(x_val), "test": len(data.x_test)},
@@ -482,8 +500,9 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     recorder = HistoryRecorder(record, history_path, previous, lambda: optimizer.learning_rate)
     all_callbacks: list[keras.callbacks.Callback] = [NaNGuard(config.learning_rate, config.verbose in ("auto", 1))]
     if out:
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(out / "backup")))
-        if config.checkpoints:
+        backup = out / "backup" if chief else out / f"backup_worker_{distribution.worker_index}"
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        if config.checkpoints and chief:
             all_callbacks.append(EpochCheckpoints(out / "checkpoints", config.keep_checkpoints))
     all_callbacks += [recorder, *(callbacks or [])]
 
@@ -492,6 +511,8 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         print(f"  {len(x_train):,} train / {len(x_val):,} validation images, {config.epochs} epochs of "
               f"{steps_per_epoch} steps (batch {config.batch_size}), augmentation {policy}, "
               f"{record['device']}" + (f", {config.mixed_precision}" if config.mixed_precision else ""))
+        if distribution is not None:
+            print(f"  {distribution.describe()}")
         for text in dataset.notes:
             print(f"  note: {text}")
     try:
@@ -505,8 +526,9 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
             )
             model.fit(train_data, epochs=int(config.epochs), validation_data=val_data,
                       callbacks=all_callbacks, verbose=config.verbose, shuffle=False)
-            record["test"] = evaluate(model, data, batch_size=max(int(config.batch_size), 256))
-        if out:
+        # Outside the scope: JAX's data-parallel predict needs batches divisible by the device count.
+        record["test"] = evaluate(model, data, batch_size=max(int(config.batch_size), 256))
+        if out and chief:
             atomic_save_model(model, out / "model.keras")
             record["model_path"] = str(out / "model.keras")
     except BaseException as err:

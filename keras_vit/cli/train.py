@@ -78,26 +78,37 @@ def register(subparsers) -> None:
                         help="force XLA compilation on or off (default: Keras' auto)")
     parser.add_argument("--checkpoints", action=argparse.BooleanOptionalAction, default=d.checkpoints,
                         help="save OUTPUT/checkpoints/epoch_NNN.keras after every epoch (default on)")
+    parser.add_argument("--distribute", choices=["auto", "none", "data-parallel"], default=d.distribute,
+                        help="data-parallel: split each batch over every device (JAX: keras.distribution, "
+                             "several hosts via KERAS_DISTRIBUTION_*; TensorFlow: MirroredStrategy, one host); "
+                             "auto: data-parallel when more than one GPU/TPU is visible. --batch-size stays the "
+                             f"global batch. Default {d.distribute}")
+    parser.add_argument("--devices", type=_positive_int, metavar="N",
+                        help="with --distribute: use only the first N devices of this machine (default all)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from keras_vit.datasets import load_dataset
+    from keras_vit.distribute import configure_distribution
     from keras_vit.training import mixed_precision
 
+    distribution = configure_distribution(args.distribute, args.devices)  # before the backend does any work
     dataset = load_dataset(args.dataset, args.data_dir)
     config = _config(args, dataset.name)
     config.validate()
     with mixed_precision(config.mixed_precision):
-        model = _build_model(args, dataset)
+        with distribution.scope():
+            model = _build_model(args, dataset)
         from keras_vit.training import fit
 
         record = fit(model, dataset, config)
     test = record["test"]
     print(f"Test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on {test['images']:,} "
           f"{dataset.name} test images; {record['epochs_completed']} epochs in {record['train_time_s']:.0f} s")
-    print(f"Saved {config.output_dir}/model.keras and {config.output_dir}/history.json")
+    if distribution.is_chief:
+        print(f"Saved {config.output_dir}/model.keras and {config.output_dir}/history.json")
     return 0
 
 
@@ -112,6 +123,7 @@ def _config(args: argparse.Namespace, dataset_name: str):
         augment=args.augment, seed=args.seed, output_dir=output, mixed_precision=args.mixed_precision,
         jit_compile="auto" if args.jit_compile is None else args.jit_compile,
         checkpoints=args.checkpoints, verbose=2 if args.quiet else "auto",
+        distribute=args.distribute, devices=args.devices,
     )
 
 
