@@ -14,7 +14,8 @@ What each mode does, per Keras backend:
   (the coordinator's ``host:port``, or every process's, comma-separated) and
   ``KERAS_DISTRIBUTION_NUM_PROCESSES`` are set, with ``KERAS_DISTRIBUTION_PROCESS_ID`` (0 .. N-1) on each
   process, ``keras.distribution.initialize()`` (that is ``jax.distributed.initialize``) runs first and
-  the devices are those of every host. Process 0 is the chief.
+  the devices are those of every host. Process 0 is the chief. (Not yet verified end to end: two local
+  CPU processes joined through gloo and started training, but did not finish within 7 minutes.)
 * **TensorFlow** -- ``tf.distribute.MirroredStrategy`` over the GPUs of this host (or, without GPUs,
   its logical CPU devices). Keras' TensorFlow optimizer clips gradients before its cross-replica sum,
   so :meth:`Distribution.prepare_optimizer` moves the sum before the clipping: ``global_clipnorm``
