@@ -1,7 +1,8 @@
 """Build the .ipynb notebooks from their sources in src/ (percent format: `# %%` starts a code cell,
 `# %% [markdown]` a markdown cell, `# %% tags=["parameters"]` the parameters cell).
 
-    python notebooks/build_notebooks.py            # writes notebooks/NN_name.ipynb without outputs
+    python notebooks/build_notebooks.py                  # every src/NN_name.py -> NN_name.ipynb, no outputs
+    python notebooks/build_notebooks.py 01_train_vit     # only these
 
 Run the notebooks afterwards (see notebooks/README.md) to commit them with their outputs.
 """
@@ -62,7 +63,8 @@ def build(source: Path, target: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    for source in sorted((HERE / "src").glob("*.py")):
+    sources = [HERE / "src" / f"{Path(name).stem}.py" for name in argv] or sorted((HERE / "src").glob("*.py"))
+    for source in sources:
         target = HERE / f"{source.stem}.ipynb"
         build(source, target)
         print(f"wrote {target}")

@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         path = HERE / name
         nb = nbformat.read(path, as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]  # a rerun
         if values:
             index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
             cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in values.items()),

@@ -182,7 +182,7 @@ wrong = np.flatnonzero(predicted != data.y_test)
 worst = wrong[np.argsort(-probabilities[wrong].max(axis=1))][:12]
 print(f"{len(wrong)} of {len(data.y_test)} test images misclassified")
 if len(worst):
-    fig, axes = plt.subplots(2, 6, figsize=(9, 3.6))
+    fig, axes = plt.subplots(2, 6, figsize=(9, 4.4))
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, worst):
