@@ -46,7 +46,11 @@ def kernel_env(workdir, monkeypatch):
 
 
 def inject_parameters(nb, values: dict) -> None:
-    """Add a cell setting ``values`` right after the cell tagged "parameters" (as papermill does)."""
+    """Add a cell setting ``values`` right after the cell tagged "parameters" (as papermill does).
+
+    A committed notebook may carry the injected cell of its own run: it is replaced.
+    """
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
     assert index is not None, "the notebook has no cell tagged 'parameters'"
     names = {line.split("=")[0].strip() for line in nb.cells[index].source.splitlines() if "=" in line
