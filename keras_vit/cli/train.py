@@ -48,6 +48,12 @@ def register(subparsers) -> None:
                     "an interrupted run.",
     )
     parser.add_argument("--preset", default="vit_mnist", help="model preset (see `keras-vit presets`)")
+    parser.add_argument("--init", metavar="CHECKPOINT_OR_MODEL",
+                        help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz) or a "
+                             ".keras model instead of a fresh preset; the head is replaced when the dataset's "
+                             "classes differ")
+    parser.add_argument("--image-size", type=_positive_int, metavar="S",
+                        help="train at S x S (the positional embedding of --init weights is resized)")
     parser.add_argument("--dataset", default="sample",
                         help="sample (packaged MNIST subset, default), mnist, fashion_mnist, cifar10, "
                              "a .npz file or an image folder")
@@ -131,10 +137,19 @@ def _build_model(args: argparse.Namespace, dataset):
     """The model ``train`` fits: the preset, with the dataset's classes, weights seeded by ``--seed``.
 
     It keeps the preset's input size and channels; ``fit`` converts images that differ (and says so).
-    The one place to add other starting points (``--init CHECKPOINT``) or a distribution scope.
+    ``--init`` starts from a checkpoint or ``.keras`` model instead (see ``keras_vit.weights``).
     """
     from keras_vit.presets import create_model
     from keras_vit.training import set_seed
 
     set_seed(args.seed)
-    return create_model(args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names))
+    size = {} if args.image_size is None else {"image_size": args.image_size}
+    if args.init:
+        from keras_vit.weights import load_initial_model
+
+        return load_initial_model(
+            args.init, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **size
+        )
+    return create_model(
+        args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **size
+    )
