@@ -82,7 +82,7 @@ def to_onnx(
     proto = convert_to_onnx(prepared.model, info, opset=opset, include_preprocessing=include_preprocessing,
                             include_probabilities=include_probabilities, raw_input_dtype=input_dtype)
     check_graph_io(proto, outputs)
-    onnx_parity(ort_session(proto.SerializeToString()), parity_feed, prepared.reference, tolerance)
+    float_parity = onnx_parity(ort_session(proto.SerializeToString()), parity_feed, prepared.reference, tolerance)
 
     optimization = None
     if optimize:
@@ -90,6 +90,8 @@ def to_onnx(
 
         proto, optimization = choose_graph(proto, optimize_graph(proto, info), parity_feed, prepared.reference)
         check_graph_io(proto, outputs)
+        if optimization["kept"] == "optimized":
+            float_parity["max_abs_diff"] = optimization["max_abs_diff"]
 
     quantization, float_logits = None, None
     if quantize:
@@ -97,6 +99,7 @@ def to_onnx(
 
         float_logits = run_onnx(ort_session(proto.SerializeToString()), feed)["logits"]
         proto, quantization = quantize_int8(proto, feed, float_logits, data.labels)
+        quantization["float_max_abs_diff"] = float_parity["max_abs_diff"]
 
     metadata = build_metadata(info, export_format="onnx", opset=opset, include_preprocessing=include_preprocessing,
                               input_dtype=input_dtype, outputs=outputs)

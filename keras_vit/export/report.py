@@ -89,6 +89,11 @@ class ExportReport:
         if self.quantization:
             q = self.quantization
             s = q["settings"]
+            if "float_max_abs_diff" in q:
+                lines.append(
+                    f"float graph before quantisation: max abs logit diff vs Keras {q['float_max_abs_diff']:.3g} "
+                    f"<= 1e-4 ({self.verify_data})"
+                )
             lines.append(
                 f"int8: size {_size(q['size_before'])} -> {_size(q['size_after'])}; top-1 agreement with float "
                 f"{_pct(q['agreement'])} on {q['samples']} images (>= {q['min_agreement']:.0%}; per_channel="
