@@ -53,7 +53,8 @@ def load_mnist_arrays(data_dir: Path | None = None):
 def trained_mnist_model(tmp_path_factory):
     """A ``vit_mnist`` trained briefly (about 1 minute) on real MNIST, saved as ``.keras``; returns its path.
 
-    Accurate enough (>= 90 % test accuracy) for export parity and INT8 agreement checks on real digits.
+    About 77-80 % test accuracy (about 190 steps): a real, imperfect classifier whose near-ties make the
+    INT8 agreement check meaningful, and enough for export parity checks on real digits.
     Plain ``compile``/``fit`` on purpose: it must not depend on the code under test in the training module.
     """
     import keras
