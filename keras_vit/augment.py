@@ -18,18 +18,32 @@ POLICIES = ("none", "digits", "fashion", "natural", "light")
 
 _AUTO = {"sample": "digits", "mnist": "digits", "fashion_mnist": "fashion", "cifar10": "natural"}
 
+#: ``augment="auto"`` augments runs of at least this many epochs. Shorter runs underfit rather than
+#: overfit, and augmentation only slows them down. Measured with ``vit_mnist`` and the default recipe:
+#: MNIST, 5 epochs: 98.23 % test accuracy without augmentation, 97.86 % with ``digits``; the packaged
+#: 4,500-image sample, 10 epochs: 92.2 % without, 87.0 % with. Long runs are where it pays.
+AUTO_MIN_EPOCHS = 30
 
-def auto_policy(dataset_name: str, channels: int) -> str:
-    """The policy ``augment="auto"`` picks: by dataset name, else shift-only (no flips) for unknown data."""
+
+def auto_policy(dataset_name: str, channels: int, epochs: int | None = None) -> str:
+    """The policy ``augment="auto"`` picks: ``none`` for runs under :data:`AUTO_MIN_EPOCHS` epochs, else
+    by dataset name (shift-only, no flips, for unknown data)."""
+    if epochs is not None and epochs < AUTO_MIN_EPOCHS:
+        return "none"
     return _AUTO.get(dataset_name, "light")
 
 
-def resolve_policy(augment: str | bool | None, dataset_name: str, channels: int) -> str:
-    """``augment`` as given by a user (``"auto"``, a policy, or a bool) -> a policy name."""
+def resolve_policy(augment: str | bool | None, dataset_name: str, channels: int, epochs: int | None = None) -> str:
+    """``augment`` as given by a user (``"auto"``, a policy, or a bool) -> a policy name.
+
+    ``True`` means the dataset's policy whatever the run length; ``"auto"`` also looks at ``epochs``.
+    """
     if augment is None or augment is False:
         return "none"
-    if augment is True or augment == "auto":
+    if augment is True:
         return auto_policy(dataset_name, channels)
+    if augment == "auto":
+        return auto_policy(dataset_name, channels, epochs)
     if augment not in POLICIES:
         raise UserInputError(f"Unknown augmentation {augment!r}: use auto or one of {', '.join(POLICIES)}.")
     return str(augment)

@@ -72,7 +72,8 @@ def register(subparsers) -> None:
                         help=f"default {d.label_smoothing:g}")
     parser.add_argument("--augment", default=d.augment,
                         choices=["auto", "none", "digits", "fashion", "natural", "light"],
-                        help="augmentation policy (auto: by dataset; never flips digits)")
+                        help="augmentation policy (auto: by dataset for runs of 30+ epochs, none for shorter "
+                             "runs; digits are never flipped)")
     parser.add_argument("--validation-split", type=_number(0, 1), default=d.validation_split,
                         help=f"fraction of the training images held out, default {d.validation_split:g}")
     parser.add_argument("--output", metavar="DIR",
