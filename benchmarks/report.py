@@ -125,7 +125,7 @@ def _model_table(name: str, model: dict, threads: list[str], batch: int) -> list
             parity = f"top-1 {100 * c['top1_agreement']:.0f} %"
         else:
             parity = "n/a"
-        attn = fused.get("Attention", 0) or fused.get("QAttention", 0)
+        attn = fused.get("Attention", 0) + fused.get("QAttention", 0)
         row = [c["name"], f"{c['nodes']} / {c['nodes_in_session']}",
                f"{attn}/{fused.get('LayerNormalization', 0)}/{fused.get('Gelu', 0)}", parity]
         for t in threads:
@@ -159,16 +159,19 @@ def _training_table(training: dict) -> list[str]:
     sides = sorted({side for t in training.values() for side in t["images_per_s"]}, key=lambda s: (s == "timm", s))
     names = {"tensorflow": "Keras TF (XLA)", "jax": "Keras JAX (jit)", "torch": "Keras torch (eager)",
              "timm": "timm eager"}
-    lines = ["### Training images/s (AdamW, random images; medians of interleaved runs; per CPU second in brackets)",
-             "", "| model | batch | " + " | ".join(names.get(s, s) for s in sides) + " | best Keras / timm |",
+    lines = ["### Training images/s (AdamW, random images; medians of interleaved runs; per CPU second in brackets;",
+             "each side at its faster thread setting, \"1t\" = pinned to one core)", "",
+             "| model | batch | " + " | ".join(names.get(s, s) for s in sides) + " | best Keras / timm |",
              "|" + "---|" * (len(sides) + 3)]
     for name, t in training.items():
         ips, cpu = t["images_per_s"], t.get("images_per_cpu_s", {})
         keras_best = max((v for s, v in ips.items() if s != "timm" and v), default=None)
         ratio = keras_best / ips["timm"] if keras_best and ips.get("timm") else None
-        cells = [f"{_f(ips.get(s), 1)} ({_f(cpu.get(s), 1)})" for s in sides]
+        threads = t.get("best_threads", {})
+        cells = [f"{_f(ips.get(s), 1)} ({_f(cpu.get(s), 1)}){' 1t' if threads.get(s) == '1' else ''}" for s in sides]
         lines.append(f"| {name} | {t['batch']} | " + " | ".join(cells) + f" | {_f(ratio)}x |")
-    errors = [f"{name}/{side}: {r['error']}" for name, t in training.items() for side, rs in t["runs"].items()
+    errors = [f"{name}/{side}/threads={threads}: {r['error']}" for name, t in training.items()
+              for side, by_threads in t["runs"].items() for threads, rs in by_threads.items()
               for r in rs if "error" in r]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(errors)]

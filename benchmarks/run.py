@@ -49,14 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help="Keras backends to train on")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
     parser.add_argument("--train-repeats", type=int, default=2, help="interleaved training runs per side")
+    parser.add_argument("--train-threads", default="1,0",
+                        help="thread settings tried per side, best kept: 1 = one core, 0 = defaults (default 1,0)")
     parser.add_argument("--output-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",") if t]
     args.models = ["tiny"] if args.tiny else [m for m in args.models.split(",") if m]
     args.backends = [b for b in args.backends.split(",") if b]
+    args.train_threads = [int(t) for t in args.train_threads.split(",") if t]
     if args.tiny:
         args.rounds, args.runs, args.batch, args.batch_rounds = min(args.rounds, 2), min(args.runs, 3), 4, 1
-        args.train_steps, args.train_repeats, args.backends = 2, 1, ["tensorflow"]
+        args.train_steps, args.train_repeats, args.backends, args.train_threads = 2, 1, ["tensorflow"], [1]
     return args
 
 
@@ -122,6 +125,7 @@ def benchmark_model(name: str, args, workdir: Path, log) -> dict:
 
 
 def benchmark_training(names: list[str], args, log) -> dict:
+    """Training images/s per side (Keras backends, timm), each at its best thread setting."""
     from benchmarks.candidates import SPECS
     from benchmarks.training_speed import measure
 
@@ -129,15 +133,33 @@ def benchmark_training(names: list[str], args, log) -> dict:
     for name in names:
         spec = SPECS[name]
         sides = [*args.backends, "timm"]
-        runs: dict[str, list] = {side: [] for side in sides}
+        runs: dict[str, dict[str, list]] = {side: {str(t): [] for t in args.train_threads} for side in sides}
         for repeat in range(args.train_repeats):
             for side in sides:
-                log(f"[{name}] training, {side}, batch {spec.train_batch} (run {repeat + 1}/{args.train_repeats})")
-                runs[side].append(measure(side, name, spec.train_batch, args.train_steps, warmup=2))
-        out[name] = {"batch": spec.train_batch, "steps": args.train_steps, "runs": runs,
-                     "images_per_s": {side: _median_of(r, "images_per_s") for side, r in runs.items()},
-                     "images_per_cpu_s": {side: _median_of(r, "images_per_cpu_s") for side, r in runs.items()}}
+                for threads in args.train_threads:
+                    log(f"[{name}] training, {side}, batch {spec.train_batch}, threads={threads or 'default'} "
+                        f"(run {repeat + 1}/{args.train_repeats})")
+                    runs[side][str(threads)].append(
+                        measure(side, name, spec.train_batch, args.train_steps, warmup=2, threads=threads))
+        best = {side: _best_setting(by_threads) for side, by_threads in runs.items()}
+        out[name] = {
+            "batch": spec.train_batch, "steps": args.train_steps, "runs": runs,
+            "images_per_s": {side: b[1] for side, b in best.items()},
+            "best_threads": {side: b[0] for side, b in best.items()},
+            "images_per_cpu_s": {side: _median_of(runs[side].get(b[0], []), "images_per_cpu_s")
+                                 for side, b in best.items()},
+        }
     return out
+
+
+def _best_setting(by_threads: dict[str, list]) -> tuple[str | None, float | None]:
+    """``(threads setting, median images/s)`` of the faster setting."""
+    medians = {t: _median_of(r, "images_per_s") for t, r in by_threads.items()}
+    medians = {t: v for t, v in medians.items() if v is not None}
+    if not medians:
+        return None, None
+    threads = max(medians, key=medians.get)
+    return threads, medians[threads]
 
 
 def _median_of(runs: list[dict], key: str) -> float | None:

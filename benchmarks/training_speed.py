@@ -4,6 +4,11 @@ Keras fixes its backend at import, so :func:`measure` runs ``python -m benchmark
 per backend; the parent interleaves the sides process by process. Both sides train the same
 architecture with AdamW and cross-entropy on random images (speed only), after warm-up steps that
 include compilation. Prints one JSON line.
+
+``threads=1`` pins the child to one core (CPU affinity) and sets every framework's thread pools to one
+thread; ``threads=0`` leaves the defaults (all cores). On a machine shared with other jobs PyTorch's
+OpenMP threads spin while they wait for a descheduled sibling, so one thread can be several times
+faster there: the parent measures both and keeps each side's best.
 """
 
 from __future__ import annotations
@@ -81,15 +86,23 @@ def _timed(step, steps: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, timeout: float = 3600) -> dict:
+def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, threads: int = 0,
+            timeout: float = 3600) -> dict:
     """Run one side in a child process; ``side`` is ``"timm"`` or a Keras backend name."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
     if side != "timm":
         env["KERAS_BACKEND"] = side
+    pin = None
+    if threads == 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1",
+                   XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip())
+        core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     command = [sys.executable, "-m", "benchmarks.training_speed", "--side", side, "--spec", spec_name,
-               "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup)]
+               "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
     try:
-        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=pin)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -99,6 +112,20 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, time
     return json.loads(lines[-1])
 
 
+def _single_thread(side: str) -> None:
+    """One thread in the framework's own pools (the parent also pins the process to one core)."""
+    if side in ("timm", "torch"):
+        import torch
+
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    elif side == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", required=True, help="timm, or a Keras backend (tensorflow, jax, torch)")
@@ -106,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="1: one thread per pool; 0: the defaults")
     args = parser.parse_args(argv)
+    if args.threads == 1:
+        _single_thread(args.side)
     if args.side == "timm":
         from keras_vit.testing.timm_reference import import_timm
 
@@ -117,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": f"KERAS_BACKEND is not {args.side}"}))
             return 2
         result = _keras_steps(args.spec, args.side, args.batch, args.steps, args.warmup)
-    result.update(side=args.side, spec=args.spec, batch=args.batch)
+    result.update(side=args.side, spec=args.spec, batch=args.batch, threads_setting=args.threads)
     import statistics
 
     result["images_per_s"] = args.batch / statistics.median(result["step_s"])

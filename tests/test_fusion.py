@@ -189,3 +189,33 @@ def test_gelu_pattern_needs_the_exact_coefficient(coefficient, fuses):
     x = np.linspace(-4, 4, 12, dtype=np.float32).reshape(3, 4)
     expected = 0.5 * x * (1 + np.vectorize(math.erf)(x.astype(np.float64) * coefficient))
     np.testing.assert_allclose(session(fused).run(None, {"x": x})[0], expected, atol=1e-5)
+
+
+def test_fused_graph_quantizes_attention(small_vit, tmp_path):
+    # onnxruntime's quantizer needs tensor types after the contrib ops: the fused graph declares them.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model, plain = small_vit
+    fused, _ = fuse_vit(plain)
+    onnx.save(fused, tmp_path / "fused.onnx")
+    quantize_dynamic(tmp_path / "fused.onnx", tmp_path / "int8.onnx", op_types_to_quantize=["MatMul", "Attention"],
+                     weight_type=QuantType.QInt8, reduce_range=True)
+    quantized = onnx.load(tmp_path / "int8.onnx")
+    assert ops(quantized)["QAttention"] == model.depth - 1
+    images = np.random.default_rng(0).standard_normal((4, *model.input_shape[1:])).astype("float32")
+    (logits,) = session(quantized).run(["logits"], {"images": images})
+    assert logits.shape == (4, model.num_classes) and np.all(np.isfinite(logits))
+
+
+def test_export_optimize_step_keeps_the_fusions(small_vit):
+    # keras_vit.export.optimize (the --optimize path) runs fuse_vit, then onnxruntime's optimizer without
+    # SkipLayerNormalization, then ORT's offline optimisation: the fused ops must survive all three.
+    from keras_vit.export.model_info import describe_model
+    from keras_vit.export.optimize import optimize_graph
+
+    model, plain = small_vit
+    optimized = optimize_graph(plain, describe_model(model))
+    counts = ops(optimized)
+    assert counts["Attention"] + counts["MultiHeadAttention"] == model.depth
+    assert counts["SkipLayerNormalization"] == 0 and counts["Softmax"] == 0
+    assert max_diff_vs_keras(model, optimized) <= TOLERANCE
