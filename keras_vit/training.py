@@ -365,6 +365,20 @@ class NaNGuard(keras.callbacks.Callback):
             )
 
 
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose restore failure (a backup of another model) is a clear user error."""
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except Exception as err:
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise UserInputError(
+                f"Cannot resume from {self.backup_dir}: it is the backup of a different run ({detail}); "
+                "delete that folder to start afresh, or choose another --output."
+            ) from None
+
+
 class EpochCheckpoints(keras.callbacks.Callback):
     """Save ``folder/epoch_NNN.keras`` (atomically) after every epoch, keeping the newest ``keep``."""
 
@@ -506,7 +520,7 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     all_callbacks: list[keras.callbacks.Callback] = [NaNGuard(config.learning_rate, config.verbose in ("auto", 1))]
     if out:
         backup = out / "backup" if chief else out / f"backup_worker_{distribution.worker_index}"
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        all_callbacks.append(ResumableBackup(str(backup)))
         if config.checkpoints and chief:
             all_callbacks.append(EpochCheckpoints(out / "checkpoints", config.keep_checkpoints))
     all_callbacks += [recorder, *(callbacks or [])]

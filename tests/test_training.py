@@ -235,6 +235,16 @@ def test_rerun_resumes_after_an_interruption(small_sample, tmp_path):
     assert (tmp_path / "model.keras").is_file() and not (tmp_path / "backup").exists()
 
 
+def test_backup_of_another_model_is_a_clear_error(small_sample, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), small_sample, quick(tmp_path, epochs=3), callbacks=[_Interrupt()])
+    with pytest.raises(UserInputError) as info:
+        fit(tiny_model(depth=2), small_sample, quick(tmp_path, epochs=3))
+    assert str(info.value).startswith(f"Cannot resume from {tmp_path / 'backup'}: it is the backup of a "
+                                      "different run (")
+    assert str(info.value).endswith("delete that folder to start afresh, or choose another --output.")
+
+
 class _Poison(keras.callbacks.Callback):
     """Turn the head's kernel to NaN before batch 2 of epoch 2."""
 
