@@ -19,6 +19,14 @@ def _best(table: dict[str, dict], names, key: str, lowest: bool = True) -> tuple
     return (min if lowest else max)(values, key=lambda item: item[1])
 
 
+def _paired(ours: dict, theirs: dict, key: str) -> float | None:
+    """Median over rounds of the per-round latency ratio (both measured in the same round)."""
+    a, b = ours.get(key), theirs.get(key)
+    if not a or not b or len(a) != len(b):
+        return None
+    return float(sorted(x / y for x, y in zip(a, b, strict=True))[len(a) // 2])
+
+
 def summarize_model(result: dict, batch: int) -> dict[str, Any]:
     """keras-vit's ``--optimize`` file against timm's best float ONNX, per thread count (and INT8 vs INT8)."""
     summary: dict[str, Any] = {}
@@ -26,10 +34,12 @@ def summarize_model(result: dict, batch: int) -> dict[str, Any]:
         best = _best(table, TIMM_FLOAT, "p50_ms")
         if best is None or OURS not in table:
             continue
-        row = {"timm_best": best[0], "batch1_p50_ratio": table[OURS]["p50_ms"] / best[1]}
+        row = {"timm_best": best[0], "batch1_p50_ratio": table[OURS]["p50_ms"] / best[1],
+               "batch1_paired_ratio": _paired(table[OURS], table[best[0]], "round_wall_ms")}
         cpu_best = _best(table, TIMM_FLOAT, "cpu_p50_ms")
         if threads == "1" and cpu_best:
             row["batch1_cpu_ratio"] = table[OURS]["cpu_p50_ms"] / cpu_best[1]
+            row["batch1_cpu_paired_ratio"] = _paired(table[OURS], table[cpu_best[0]], "round_cpu_ms")
             row["timm_best_cpu"] = cpu_best[0]
         if "keras-vit int8" in table and "timm int8" in table:
             row["int8_batch1_p50_ratio"] = table["keras-vit int8"]["p50_ms"] / table["timm int8"]["p50_ms"]
@@ -140,9 +150,10 @@ def _model_table(name: str, model: dict, threads: list[str], batch: int) -> list
     for t, row in model["summary"].items():
         if not t.isdigit():
             continue
-        parts = [f"batch-1 latency {row['batch1_p50_ratio']:.2f}x timm's best ({row['timm_best']})"]
+        parts = [f"batch-1 latency {row['batch1_p50_ratio']:.2f}x timm's best ({row['timm_best']}; "
+                 f"{_f(row.get('batch1_paired_ratio'))}x paired by round)"]
         if "batch1_cpu_ratio" in row:
-            parts.append(f"CPU time {row['batch1_cpu_ratio']:.2f}x")
+            parts.append(f"CPU time {row['batch1_cpu_ratio']:.2f}x ({_f(row.get('batch1_cpu_paired_ratio'))}x paired)")
         key = f"batch{batch}_images_per_s_ratio"
         if key in row:
             parts.append(f"batch-{batch} images/s {row[key]:.2f}x")

@@ -14,26 +14,46 @@ from collections.abc import Callable
 import numpy as np
 
 
-def interleaved(calls: dict[str, Callable[[], object]], rounds: int, runs: int, warmup: int = 2) -> dict[str, dict]:
-    """Time each call ``rounds * runs`` times, interleaved; returns ``{name: {"wall": s[], "cpu": s[]}}``."""
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, runs: int, warmup: int = 2,
+                seed: int = 0) -> dict[str, dict]:
+    """Time each call ``rounds * runs`` times, interleaved in a new random order every round.
+
+    Returns ``{name: {"wall": s[], "cpu": s[], "round_wall": s[], "round_cpu": s[]}}``; the ``round_*``
+    arrays hold each round's median, for ratios of candidates measured close together in time.
+    """
     for call in calls.values():
         for _ in range(warmup):
             call()
-    samples = {name: {"wall": [], "cpu": []} for name in calls}
+    samples = {name: {"wall": [], "cpu": [], "round_wall": [], "round_cpu": []} for name in calls}
+    order = list(calls)
+    rng = np.random.default_rng(seed)
     for _ in range(rounds):
-        for name, call in calls.items():
+        rng.shuffle(order)
+        for name in order:
+            call, wall_times, cpu_times = calls[name], [], []
             for _ in range(runs):
                 wall, cpu = time.perf_counter(), time.thread_time()
                 call()
-                samples[name]["cpu"].append(time.thread_time() - cpu)
-                samples[name]["wall"].append(time.perf_counter() - wall)
+                cpu_times.append(time.thread_time() - cpu)
+                wall_times.append(time.perf_counter() - wall)
+            samples[name]["wall"] += wall_times
+            samples[name]["cpu"] += cpu_times
+            samples[name]["round_wall"].append(float(np.median(wall_times)))
+            samples[name]["round_cpu"].append(float(np.median(cpu_times)))
     return {name: {k: np.asarray(v) for k, v in s.items()} for name, s in samples.items()}
+
+
+def paired_ratio(a: dict[str, np.ndarray], b: dict[str, np.ndarray], key: str = "round_wall") -> float:
+    """Median over rounds of ``a``'s round median / ``b``'s: load that drifts between rounds cancels out."""
+    return float(np.median(a[key] / b[key]))
 
 
 def summarize(times: dict[str, np.ndarray], batch: int) -> dict[str, float]:
     """p50/p90 wall latency (ms), CPU p50 (ms), images/s from the wall median."""
     wall, cpu = times["wall"], times["cpu"]
     return {
+        "round_wall_ms": [float(v * 1e3) for v in times["round_wall"]],
+        "round_cpu_ms": [float(v * 1e3) for v in times["round_cpu"]],
         "p50_ms": float(np.median(wall) * 1e3),
         "p90_ms": float(np.percentile(wall, 90) * 1e3),
         "cpu_p50_ms": float(np.median(cpu) * 1e3),

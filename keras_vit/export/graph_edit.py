@@ -2,8 +2,9 @@
 
 Rewrites follow one rule that keeps them safe: a fused node takes over the *name* of the output it
 replaces, the replaced node is dropped, and :meth:`GraphEditor.prune` then removes whatever no longer
-feeds a graph output. An intermediate value that something else still reads therefore survives, and
-the graph computes the same function whether or not a pattern matched completely.
+feeds a graph output. An intermediate value that something else still reads therefore survives a
+rewrite; whether the fused node computes the same values is each pattern's job (and the export's
+parity check).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ MS_DOMAIN = "com.microsoft"
 
 
 class GraphEditor:
-    """Indexes one ``onnx.ModelProto``'s main graph; edit with :meth:`add`, :meth:`remove`, :meth:`rename_uses`.
+    """Indexes one ``onnx.ModelProto``'s main graph; edit with :meth:`replace`, :meth:`remove`, :meth:`rename_uses`.
 
     Call :meth:`to_model` to get a new, pruned and topologically sorted ``ModelProto``; the proto passed
     in is not modified.
@@ -159,14 +160,6 @@ class GraphEditor:
 
         return helper.make_node(op_type, list(inputs), list(outputs), name=self.fresh(hint), domain=domain,
                                 **attributes)
-
-    def add(self, node, before=None) -> None:
-        """Insert ``node`` (before ``before`` when given, else at the end; order is fixed by :meth:`to_model`)."""
-        if before is not None and before in self.nodes:
-            self.nodes.insert(self.nodes.index(before), node)
-        else:
-            self.nodes.append(node)
-        self.reindex()
 
     def replace(self, old, new_nodes: list) -> None:
         """Put ``new_nodes`` where ``old`` was and drop ``old``."""
