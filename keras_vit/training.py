@@ -312,9 +312,19 @@ def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def atomic_save_model(model: keras.Model, path: str | os.PathLike) -> None:
-    """``model.save(path)`` through a temporary ``.keras`` file in the same folder (never half-written)."""
+def atomic_save_model(model: keras.Model, path: str | os.PathLike, publish: bool = True) -> None:
+    """``model.save(path)`` through a temporary ``.keras`` file in the same folder (never half-written).
+
+    With ``publish=False`` the model is saved to a scratch file that is then deleted. The non-chief
+    processes of a multi-host JAX run do that whenever the chief saves: Keras' ``save`` creates
+    variables under the active ``keras.distribution``, which runs collectives across processes, so a
+    save made by the chief alone waits forever for the others.
+    """
     path = Path(path)
+    if not publish:
+        with tempfile.TemporaryDirectory(prefix="keras_vit_discard_") as scratch:
+            model.save(os.path.join(scratch, path.name))
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
     os.close(fd)
@@ -380,14 +390,20 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 class EpochCheckpoints(keras.callbacks.Callback):
-    """Save ``folder/epoch_NNN.keras`` (atomically) after every epoch, keeping the newest ``keep``."""
+    """Save ``folder/epoch_NNN.keras`` (atomically) after every epoch, keeping the newest ``keep``.
 
-    def __init__(self, folder: str | os.PathLike, keep: int = 3):
+    ``publish=False`` (non-chief processes of a multi-host run) saves in step with the chief and keeps
+    nothing (see :func:`atomic_save_model`).
+    """
+
+    def __init__(self, folder: str | os.PathLike, keep: int = 3, publish: bool = True):
         super().__init__()
-        self.folder, self.keep = Path(folder), max(int(keep), 1)
+        self.folder, self.keep, self.publish = Path(folder), max(int(keep), 1), publish
 
     def on_epoch_end(self, epoch, logs=None):
-        atomic_save_model(self.model, self.folder / f"epoch_{epoch + 1:03d}.keras")
+        atomic_save_model(self.model, self.folder / f"epoch_{epoch + 1:03d}.keras", publish=self.publish)
+        if not self.publish:
+            return
         for old in sorted(self.folder.glob("epoch_*.keras"))[:-self.keep]:
             with contextlib.suppress(OSError):
                 old.unlink()
@@ -483,6 +499,7 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     scope = contextlib.nullcontext()
     if distribution is not None:
         distribution.check_model(model)
+        distribution.prepare_model(model)
         distribution.global_batch_size(config.batch_size)
         train_data = distribution.full_batches(train_data, config.batch_size)
         if distribution.needs_full_batches and len(x_val) < config.batch_size:
@@ -521,8 +538,8 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     if out:
         backup = out / "backup" if chief else out / f"backup_worker_{distribution.worker_index}"
         all_callbacks.append(ResumableBackup(str(backup)))
-        if config.checkpoints and chief:
-            all_callbacks.append(EpochCheckpoints(out / "checkpoints", config.keep_checkpoints))
+        if config.checkpoints:  # every process saves in step; only the chief keeps the files
+            all_callbacks.append(EpochCheckpoints(out / "checkpoints", config.keep_checkpoints, publish=chief))
     all_callbacks += [recorder, *(callbacks or [])]
 
     if config.verbose:
@@ -547,9 +564,10 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
                       callbacks=all_callbacks, verbose=config.verbose, shuffle=False)
         # Outside the scope: JAX's data-parallel predict needs batches divisible by the device count.
         record["test"] = evaluate(model, data, batch_size=max(int(config.batch_size), 256))
-        if out and chief:
-            atomic_save_model(model, out / "model.keras")
-            record["model_path"] = str(out / "model.keras")
+        if out:
+            atomic_save_model(model, out / "model.keras", publish=chief)
+            if chief:
+                record["model_path"] = str(out / "model.keras")
     except BaseException as err:
         record["status"] = f"failed: {err}" if isinstance(err, KerasViTError) else "interrupted"
         if history_path is not None:
