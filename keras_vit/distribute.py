@@ -14,15 +14,16 @@ What each mode does, per Keras backend:
   (the coordinator's ``host:port``, or every process's, comma-separated) and
   ``KERAS_DISTRIBUTION_NUM_PROCESSES`` are set, with ``KERAS_DISTRIBUTION_PROCESS_ID`` (0 .. N-1) on each
   process, ``keras.distribution.initialize()`` (that is ``jax.distributed.initialize``) runs first and
-  the devices are those of every host. Process 0 is the chief. (Not yet verified end to end: two local
-  CPU processes joined through gloo and started training, but did not finish within 7 minutes.)
+  the devices are those of every host. Process 0 is the chief. Every process takes part in every save
+  (Keras' ``save`` runs collectives under the distribution); only the chief keeps the files.
 * **TensorFlow** -- ``tf.distribute.MirroredStrategy`` over the GPUs of this host (or, without GPUs,
   its logical CPU devices). Keras' TensorFlow optimizer clips gradients before its cross-replica sum,
   so :meth:`Distribution.prepare_optimizer` moves the sum before the clipping: ``global_clipnorm``
-  then sees the same global gradient as on one device. Several machines (``TF_CONFIG``,
-  ``tf.distribute.MultiWorkerMirroredStrategy``) are refused with a clear error: Keras 3's ``fit``
-  fails under that strategy (keras-team/keras#20585; reproduced here with Keras 3.15 / TF 2.21 on
-  two local workers), so multi-host training goes through JAX.
+  then sees the same global gradient as on one device. Several machines: when ``TF_CONFIG`` is set,
+  ``tf.distribute.MultiWorkerMirroredStrategy`` (worker 0, or the ``chief`` task, is the chief).
+  Keras 3's ``fit`` fails under that strategy as released (keras-team/keras#20585: its symbolic build
+  ``reduce``s the first distributed batch, and its per-step metric ``MEAN`` reduces scalars along axis
+  0); :func:`_fix_keras_multi_worker` corrects both, for multi-worker strategies only.
 * **PyTorch** -- Keras 3 has no distribution support for ``fit`` on the torch backend
   (``keras.distribution`` covers JAX, and ``tf.distribute`` is TensorFlow's; DistributedDataParallel
   needs a hand-written torch training loop, outside Keras' engine). ``"data-parallel"`` raises
@@ -132,6 +133,17 @@ class Distribution:
             return optimizer
         _clip_after_all_reduce(optimizer)
         return optimizer
+
+    def prepare_model(self, model: keras.Model) -> keras.Model:
+        """Let Keras' ``fit`` build ``model`` under ``MultiWorkerMirroredStrategy`` (returns ``model``).
+
+        Keras 3.15 builds a model's optimizer and metrics from ``strategy.reduce("MEAN", first_batch)``,
+        which fails for the per-replica batches of a multi-worker strategy; this builds them from this
+        worker's first replica's batch instead (only the shapes matter). Other cases: untouched.
+        """
+        if self.engine == "tf.distribute.MultiWorkerMirroredStrategy":
+            _build_from_local_batch(model, self.strategy)
+        return model
 
     @property
     def needs_full_batches(self) -> bool:
@@ -307,7 +319,7 @@ def _configure_tensorflow(mode: str, devices: int | None) -> Distribution:
     if mode == "none":
         return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[])
     if tf_config:
-        raise KerasViTError(MULTI_WORKER_UNSUPPORTED)
+        return _configure_multi_worker(devices)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "auto" and len(gpus) < 2:
         return Distribution(mode="none", backend="tensorflow", engine="single device", devices=[],
@@ -319,12 +331,98 @@ def _configure_tensorflow(mode: str, devices: int | None) -> Distribution:
                         devices=[_short(d) for d in chosen], strategy=strategy)
 
 
-#: Why ``TF_CONFIG`` (several machines on TensorFlow) is refused.
-MULTI_WORKER_UNSUPPORTED = (
-    "TF_CONFIG is set, but Keras 3's fit does not run under tf.distribute.MultiWorkerMirroredStrategy (it fails "
-    "building the model on the first batch: keras-team/keras#20585); train on several machines with "
-    "KERAS_BACKEND=jax and the KERAS_DISTRIBUTION_* variables, or unset TF_CONFIG for one machine."
-)
+def _configure_multi_worker(devices: int | None) -> Distribution:
+    """``MultiWorkerMirroredStrategy`` over the ``TF_CONFIG`` cluster (every worker's devices)."""
+    import tensorflow as tf
+
+    if devices is not None:
+        raise UserInputError("--devices applies to one machine; with TF_CONFIG every device of every worker is used.")
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except Exception as err:
+        raise KerasViTError(
+            f"could not join the TF_CONFIG cluster ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "check TF_CONFIG's addresses and that every worker is started."
+        ) from err
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec()
+    has_chief = "chief" in spec.jobs
+    num_workers = spec.num_tasks("worker") + (spec.num_tasks("chief") if has_chief else 0)
+    index = int(resolver.task_id or 0)
+    worker_index = 0 if resolver.task_type == "chief" else index + (1 if has_chief else 0)
+    local = [_short(d) for d in strategy.extended.worker_devices]
+    names = [f"worker{w}/{d}" for w in range(num_workers) for d in local]  # the strategy needs equal workers
+    _fix_keras_multi_worker()
+    return Distribution(mode="data-parallel", backend="tensorflow", engine="tf.distribute.MultiWorkerMirroredStrategy",
+                        devices=names, num_workers=num_workers, worker_index=worker_index, strategy=strategy)
+
+
+def _is_multi_worker(strategy: Any) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _build_from_local_batch(model: keras.Model, strategy: Any) -> None:
+    """Replace Keras' ``_maybe_symbolic_build`` on this model (see :meth:`Distribution.prepare_model`)."""
+    import tensorflow as tf
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    if not hasattr(model, "_symbolic_build"):
+        raise KerasViTError(_MISSING_HOOKS)
+    model._maybe_symbolic_build = maybe_symbolic_build
+
+
+def _fix_keras_multi_worker() -> None:
+    """Make Keras' per-step ``reduce_per_replica`` reduce scalar logs under a multi-worker strategy.
+
+    Keras 3.15 reduces each step's logs with ``strategy.reduce("MEAN", value, axis=0)`` when the strategy
+    is multi-worker, which fails for the scalar loss and metrics ("Invalid reduction dimension 0 for input
+    with 0 dimensions"). Values that are already synchronised (every log here) are averaged with
+    ``axis=None`` (a worker with one replica gets plain tensors: kept as they are); every other call goes to
+    Keras' own function. Idempotent.
+    """
+    import tensorflow as tf
+
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+    except ImportError as err:
+        raise KerasViTError(_MISSING_HOOKS) from err
+    original = getattr(tf_trainer, "reduce_per_replica", None)
+    if original is None:
+        raise KerasViTError(_MISSING_HOOKS)
+    if getattr(original, "_keras_vit_multi_worker", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and _is_multi_worker(strategy):
+            def mean(value):
+                if isinstance(value, tf.distribute.DistributedValues):
+                    if value.values[0].shape.rank == 0:
+                        return strategy.reduce("MEAN", value, axis=None)
+                elif getattr(value, "shape", None) is not None and value.shape.rank == 0:
+                    return value  # one replica on this worker: a plain tensor, already synchronised
+                return original(value, strategy, reduction)
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._keras_vit_multi_worker = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+_MISSING_HOOKS = ("this Keras version lacks the trainer functions keras-vit corrects for "
+                  "tf.distribute.MultiWorkerMirroredStrategy; train on several machines with KERAS_BACKEND=jax.")
 
 
 def _clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
