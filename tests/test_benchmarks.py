@@ -76,3 +76,18 @@ def test_markdown_table(tiny_results):
     assert [r.split("|")[1].strip() for r in rows] == CANDIDATES
     assert all(r.count("|") - 1 == columns for r in rows)
     assert "1 thread(s), keras-vit optimized: batch-1 latency" in markdown
+
+
+def test_train_throughput_runs_a_tiny_case(tmp_path):
+    """``benchmarks/train_throughput.py`` (the README's per-backend training figures) runs a case end to end."""
+    out = tmp_path / "throughput.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--images", "128", "--epochs", "1",
+                           "--batch-size", "32", "--cases", "tensorflow:off:1", "--json", str(out)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = json.loads(out.read_text())
+    assert "error" not in row, row
+    assert row["backend"] == "tensorflow" and row["threads"] == 1 and row["images_per_epoch"] == 128
+    assert row["images_per_s"] > 0 and row["final_loss"] > 0
+    assert "| tensorflow | off | 1 |" in done.stdout
