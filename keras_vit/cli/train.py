@@ -87,8 +87,9 @@ def register(subparsers) -> None:
                         help="save OUTPUT/checkpoints/epoch_NNN.keras after every epoch (default on)")
     parser.add_argument("--distribute", choices=["auto", "none", "data-parallel"], default=d.distribute,
                         help="data-parallel: split each batch over every device (JAX: keras.distribution, "
-                             "several hosts via KERAS_DISTRIBUTION_*; TensorFlow: MirroredStrategy, one host); "
-                             "auto: data-parallel when more than one GPU/TPU is visible. --batch-size stays the "
+                             "several hosts via KERAS_DISTRIBUTION_*; TensorFlow: MirroredStrategy, several hosts "
+                             "via TF_CONFIG); auto: data-parallel when more than one GPU/TPU is visible or a "
+                             "cluster is configured. --batch-size stays the "
                              f"global batch. Default {d.distribute}")
     parser.add_argument("--devices", type=_positive_int, metavar="N",
                         help="with --distribute: use only the first N devices of this machine (default all)")
