@@ -118,12 +118,7 @@ def test_cli_data_parallel_model_saves_reloads_and_exports_to_onnx(backend, tmp_
 
     from keras_vit.export import to_onnx
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import load_mnist_arrays
-
-    (x_train, y_train), (x_test, y_test) = load_mnist_arrays()
-    data = tmp_path / "tiny.npz"  # 288 train (4 full global batches of 64 + a partial one) / 32 val / 64 test
-    np.savez(data, x_train=x_train[:320], y_train=y_train[:320], x_test=x_test[:64], y_test=y_test[:64])
+    data, images = _tiny_npz(tmp_path)
     out = tmp_path / "run"
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
@@ -139,7 +134,6 @@ def test_cli_data_parallel_model_saves_reloads_and_exports_to_onnx(backend, tmp_
     assert history["steps_per_epoch"] == (4 if backend == "jax" else 5)  # JAX drops the partial batch
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.json", "model.keras"]
 
-    images = ((x_test[:16].astype("float32") / 255.0 - 0.1307) / 0.3081)[..., None]
     reloaded = keras.saving.load_model(out / "model.keras")
     assert type(reloaded).__name__ == "VisionTransformer"
     keras_logits = keras.ops.convert_to_numpy(reloaded(images, training=False))
