@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from keras_vit.errors import UserInputError
-from keras_vit.layers import PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock
+from keras_vit.layers import ConvStem, PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock
 
 #: How raw 0..255 pixels become the model's input: ``input = (raw * scale - mean) / std``.
 IDENTITY_PREPROCESSING: dict[str, Any] = {"scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}
@@ -25,6 +25,10 @@ def _pair(value) -> tuple[int, int]:
 @keras.saving.register_keras_serializable(package="keras_vit")
 class VisionTransformer(keras.Model):
     """ViT image classifier: patches -> tokens -> pre-norm encoder blocks -> LayerNorm -> head.
+
+    With ``stem_filters`` it is a hybrid ViT: a :class:`~keras_vit.layers.ConvStem` of stride-2
+    convolutions runs first and the patches are cut from its output, each token still covering
+    ``patch_size x patch_size`` pixels of the image.
 
     Input: float images ``(B, H, W, C)``, already preprocessed as ``self.preprocessing`` says.
     Output: logits ``(B, num_classes)``.
@@ -50,6 +54,8 @@ class VisionTransformer(keras.Model):
         class_names: optional label names, stored with the model and written into exports.
         preprocessing: ``{"scale", "mean", "std"}`` mapping raw pixels to the model input.
         preset: name of the preset the model was built from, if any.
+        stem_filters: channels of each stride-2 convolution of a convolutional stem (``None``: plain
+            ViT); ``patch_size`` must be a multiple of ``2**len(stem_filters)``.
     """
 
     def __init__(
@@ -71,9 +77,17 @@ class VisionTransformer(keras.Model):
         class_names: list[str] | None = None,
         preprocessing: dict[str, Any] | None = None,
         preset: str | None = None,
+        stem_filters: list[int] | None = None,
         **kwargs,
     ):
         height, width = _pair(image_size)
+        stem_filters = [int(f) for f in stem_filters] if stem_filters else None
+        stem_stride = 2 ** len(stem_filters) if stem_filters else 1
+        if patch_size % stem_stride:
+            raise UserInputError(
+                f"patch_size {patch_size} is not a multiple of the convolutional stem's stride {stem_stride} "
+                f"({len(stem_filters)} stride-2 convolutions)."
+            )
         if height % patch_size or width % patch_size:
             raise UserInputError(
                 f"image_size {height}x{width} is not a multiple of patch_size {patch_size}."
@@ -88,7 +102,8 @@ class VisionTransformer(keras.Model):
         num_patches = grid[0] * grid[1]
 
         images = keras.Input(shape=(height, width, channels), name="images")
-        patches = PatchExtractor(patch_size, name="patch_extractor")(images)
+        features = ConvStem(stem_filters, name="stem")(images) if stem_filters else images
+        patches = PatchExtractor(patch_size // stem_stride, name="patch_extractor")(features)
         x = PatchEncoder(
             num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder"
         )(patches)
@@ -126,6 +141,7 @@ class VisionTransformer(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = dict(preprocessing or IDENTITY_PREPROCESSING)
         self.preset = preset
+        self.stem_filters = stem_filters
 
     @property
     def blocks(self) -> list[TransformerEncoderBlock]:
@@ -138,6 +154,8 @@ class VisionTransformer(keras.Model):
         Runs the model's own layers (inference mode) on preprocessed ``images``; token 0 is the class
         token, tokens ``1..N`` the patches in row-major order.
         """
+        if self.stem_filters:
+            images = self.get_layer("stem")(images, training=False)
         x = self.get_layer("patch_encoder")(self.get_layer("patch_extractor")(images), training=False)
         scores = []
         for block in self.blocks:
@@ -170,6 +188,7 @@ class VisionTransformer(keras.Model):
             "class_names": self.class_names,
             "preprocessing": self.preprocessing,
             "preset": self.preset,
+            "stem_filters": self.stem_filters,
         }
 
     @classmethod

@@ -515,6 +515,11 @@ def _patch_kernel(weight_oihw: np.ndarray) -> np.ndarray:
 
 
 def _layers(model) -> dict[str, Any]:
+    if getattr(model, "stem_filters", None):
+        raise UserInputError(
+            f"{model.name} has a convolutional stem: timm and Google ViT checkpoints have a plain patch "
+            "embedding, so their weights do not map onto it (use a preset without a stem)."
+        )
     encoder = model.get_layer("patch_encoder")
     if not getattr(encoder, "class_token", True):
         raise UserInputError("Checkpoints can only be loaded into models with a class token.")
@@ -794,6 +799,8 @@ def _matching_preset(config: Mapping[str, Any]) -> str | None:
 
     keys = ("patch_size", "channels", "hidden_dim", "depth", "num_heads", "mlp_dim")
     for name, spec in PRESETS.items():
+        if spec.get("stem_filters"):
+            continue
         if all(spec.get(k) == config[k] for k in keys) and _pair(spec["image_size"]) == config["image_size"]:
             return name
     return None

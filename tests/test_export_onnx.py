@@ -141,6 +141,18 @@ def test_tiny_vit_with_preprocessing_takes_raw_uint8(tiny_model, tmp_path):
     assert "resized to 64x64x3" in report.verify_data
 
 
+def test_hybrid_vit_with_a_conv_stem_exports_with_parity(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = keras_vit.create_model("vit_mnist_convstem", depth=1)
+    x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype("float32")
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.arange(5), epochs=1, verbose=0)  # move BatchNorm's statistics off their defaults
+    path = tmp_path / "stem.onnx"
+    to_onnx(model, path, optimize=True)
+    logits = session(path).run(None, {session(path).get_inputs()[0].name: x})[0]
+    assert np.max(np.abs(logits - model.predict_on_batch(x))) <= 1e-4
+
+
 def shift_logits(proto, offset):
     """A converter bug stand-in: the graph adds ``offset`` to every logit."""
     from onnx import helper, numpy_helper

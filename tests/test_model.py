@@ -37,6 +37,23 @@ def test_vit_mnist_preset_architecture():
 
 
 @pytest.mark.backends
+def test_convstem_preset_cuts_patches_from_the_stem_output(tmp_path):
+    model = keras_vit.create_model("vit_mnist_convstem")
+    assert keras_vit.count_params(model) == 228_138
+    assert model.stem_filters == [32, 64] and model.patch_size == 4
+    assert model.get_layer("stem").compute_output_shape((None, 28, 28, 1)) == (None, 7, 7, 64)
+    assert model.get_layer("patch_extractor").compute_output_shape((None, 7, 7, 64)) == (None, 49, 64)
+    x = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32")
+    assert keras.ops.convert_to_numpy(model.attention_scores(x)[0]).shape == (3, 4, 50, 50)
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert restored.stem_filters == [32, 64]
+    np.testing.assert_allclose(restored.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    with pytest.raises(UserInputError, match="patch_size 2 is not a multiple of the convolutional stem's stride 4"):
+        keras_vit.create_model("vit_mnist_convstem", patch_size=2)
+
+
+@pytest.mark.backends
 @pytest.mark.parametrize("preset", keras_vit.list_presets())
 def test_every_preset_accepts_overrides(preset):
     size = 2 * keras_vit.PRESETS[preset]["patch_size"]

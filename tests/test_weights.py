@@ -296,6 +296,14 @@ def test_unsupported_and_depth_mismatch_keys_are_errors(target, custom_ref):
     _assert_untouched(target, before)
 
 
+def test_models_with_a_conv_stem_refuse_plain_vit_checkpoints(custom_ref):
+    stem_model = keras_vit.create_model("vit_mnist_convstem", depth=1)
+    with pytest.raises(UserInputError, match="has a convolutional stem"):
+        weights.load_timm(stem_model, timm_state_dict(custom_ref))
+    with pytest.raises(UserInputError, match="has a convolutional stem"):
+        weights.to_timm_state_dict(stem_model)
+
+
 def test_google_missing_and_misshaped_keys(tmp_path, target, custom_ref):
     path = write_google_npz(custom_ref, tmp_path / "g.npz", num_heads=4, prefix="opt/target/")
     with np.load(path) as data:
