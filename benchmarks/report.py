@@ -168,8 +168,8 @@ def _model_table(name: str, model: dict, threads: list[str], batch: int) -> list
 
 def _training_table(training: dict) -> list[str]:
     sides = sorted({side for t in training.values() for side in t["images_per_s"]}, key=lambda s: (s == "timm", s))
-    names = {"tensorflow": "Keras TF (XLA)", "jax": "Keras JAX (jit)", "torch": "Keras torch (eager)",
-             "timm": "timm eager"}
+    names = {"tensorflow": "Keras TF (XLA)", "jax": "Keras JAX (jit)", "torch": "Keras torch (compile)",
+             "torch-eager": "Keras torch (eager)", "timm": "timm eager"}
     lines = ["### Training images/s (AdamW, random images; medians of interleaved runs; per CPU second in brackets;",
              "each side at its faster thread setting, \"1t\" = pinned to one core)", "",
              "| model | batch | " + " | ".join(names.get(s, s) for s in sides) + " | best Keras / timm |",

@@ -33,7 +33,7 @@ from benchmarks import report as report_mod  # noqa: E402
 from benchmarks.timing import interleaved, matmul_gflops, ort_session, summarize, vit_forward_flops  # noqa: E402
 
 DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_mnist")
-DEFAULT_BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_BACKENDS = ("tensorflow", "jax", "torch", "torch-eager")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
     parser.add_argument("--batch-rounds", type=int, default=5, help="interleaved rounds at --batch (default 5)")
     parser.add_argument("--no-training", action="store_true", help="skip the training images/s")
-    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help="Keras backends to train on")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                        help="Keras sides to train: tensorflow (XLA), jax (jit), torch (torch.compile), torch-eager")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
     parser.add_argument("--train-repeats", type=int, default=2, help="interleaved training runs per side")
     parser.add_argument("--train-threads", default="1,0",

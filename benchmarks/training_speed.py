@@ -16,16 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KERAS_JIT = {"tensorflow": True, "jax": True, "torch": False}  # torch: compile needs a C++ toolchain
+#: Keras sides: side name -> (backend, jit_compile). ``torch`` is ``torch.compile`` (inductor), which
+#: needs a C++ compiler; ``torch-eager`` is PyTorch's eager mode, the setting timm is measured in.
+KERAS_SIDES = {"tensorflow": ("tensorflow", True), "jax": ("jax", True), "torch": ("torch", True),
+               "torch-eager": ("torch", False)}
 
 
-def _keras_steps(spec_name: str, backend: str, batch: int, steps: int, warmup: int) -> dict:
+def _keras_steps(spec_name: str, side: str, batch: int, steps: int, warmup: int) -> dict:
     import keras
     import numpy as np
 
@@ -34,7 +38,8 @@ def _keras_steps(spec_name: str, backend: str, batch: int, steps: int, warmup: i
     spec = SPECS[spec_name]
     model = spec.keras_model()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss, jit_compile=KERAS_JIT[backend])
+    jit_compile = KERAS_SIDES[side][1]
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *model.input_shape[1:])).astype("float32")
     y = rng.integers(0, model.num_classes, batch).astype("int32")
@@ -43,7 +48,7 @@ def _keras_steps(spec_name: str, backend: str, batch: int, steps: int, warmup: i
         model.train_on_batch(x, y)
     compile_s = time.perf_counter() - start
     times, cpu = _timed(lambda: model.train_on_batch(x, y), steps)
-    return {"warmup_s": compile_s, "step_s": times, "cpu_s": cpu, "jit_compile": KERAS_JIT[backend]}
+    return {"warmup_s": compile_s, "step_s": times, "cpu_s": cpu, "jit_compile": jit_compile}
 
 
 def _timm_steps(spec_name: str, batch: int, steps: int, warmup: int) -> dict:
@@ -88,10 +93,15 @@ def _timed(step, steps: int) -> tuple[list[float], list[float]]:
 
 def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, threads: int = 0,
             timeout: float = 3600) -> dict:
-    """Run one side in a child process; ``side`` is ``"timm"`` or a Keras backend name."""
+    """Run one side in a child process; ``side`` is ``"timm"`` or one of :data:`KERAS_SIDES`."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
     if side != "timm":
-        env["KERAS_BACKEND"] = side
+        if side not in KERAS_SIDES:
+            return {"error": f"unknown side {side!r} (timm, {', '.join(KERAS_SIDES)})"}
+        backend, jit_compile = KERAS_SIDES[side]
+        if backend == "torch" and jit_compile and not (shutil.which("g++") or shutil.which("c++")):
+            return {"error": "torch.compile needs a C++ compiler (g++) on PATH"}
+        env["KERAS_BACKEND"] = backend
     pin = None
     if threads == 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1",
@@ -114,7 +124,7 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, thre
 
 def _single_thread(side: str) -> None:
     """One thread in the framework's own pools (the parent also pins the process to one core)."""
-    if side in ("timm", "torch"):
+    if side in ("timm", "torch", "torch-eager"):
         import torch
 
         torch.set_num_threads(1)
@@ -128,7 +138,7 @@ def _single_thread(side: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", required=True, help="timm, or a Keras backend (tensorflow, jax, torch)")
+    parser.add_argument("--side", required=True, help=f"timm, or a Keras side ({', '.join(KERAS_SIDES)})")
     parser.add_argument("--spec", required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--steps", type=int, default=5)
@@ -143,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         import_timm()
         result = _timm_steps(args.spec, args.batch, args.steps, args.warmup)
     else:
-        if os.environ.get("KERAS_BACKEND") != args.side:
-            print(json.dumps({"error": f"KERAS_BACKEND is not {args.side}"}))
+        backend = KERAS_SIDES.get(args.side, (None,))[0]
+        if backend is None or os.environ.get("KERAS_BACKEND") != backend:
+            print(json.dumps({"error": f"unknown side {args.side!r} or KERAS_BACKEND is not its backend"}))
             return 2
         result = _keras_steps(args.spec, args.side, args.batch, args.steps, args.warmup)
     result.update(side=args.side, spec=args.spec, batch=args.batch, threads_setting=args.threads)

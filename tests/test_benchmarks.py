@@ -91,3 +91,14 @@ def test_train_throughput_runs_a_tiny_case(tmp_path):
     assert row["backend"] == "tensorflow" and row["threads"] == 1 and row["images_per_epoch"] == 128
     assert row["images_per_s"] > 0 and row["final_loss"] > 0
     assert "| tensorflow | off | 1 |" in done.stdout
+
+
+def test_training_speed_sides_and_unknown_side():
+    """Each Keras side trains in its own process with its backend and jit setting; a typo is an error."""
+    from benchmarks.training_speed import KERAS_SIDES, measure
+
+    assert KERAS_SIDES["torch"] == ("torch", True) and KERAS_SIDES["torch-eager"] == ("torch", False)
+    assert "unknown side 'pytorch'" in measure("pytorch", "tiny", 4, 1, 1)["error"]
+    result = measure("torch-eager", "tiny", 4, 2, 1, threads=1)
+    assert "error" not in result, result
+    assert result["jit_compile"] is False and len(result["step_s"]) == 2 and result["images_per_s"] > 0
