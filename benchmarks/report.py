@@ -113,6 +113,11 @@ def markdown(results: dict) -> str:
         lines += _model_table(name, model, threads, batch)
     if results.get("training"):
         lines += _training_table(results["training"])
+        run = results.get("training_run")
+        if run:  # measured later than the inference figures, by --training-only
+            load = run.get("load_average_end", [float("nan")])[0]
+            lines += [f"Training figures re-measured separately: `{run['command']}` (load average {load:.1f} "
+                      f"at the end, {run['seconds'] / 60:.0f} min).", ""]
     return "\n".join(lines) + "\n"
 
 

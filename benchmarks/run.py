@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
     parser.add_argument("--batch-rounds", type=int, default=5, help="interleaved rounds at --batch (default 5)")
     parser.add_argument("--no-training", action="store_true", help="skip the training images/s")
+    parser.add_argument("--training-only", action="store_true",
+                        help="re-measure only the training images/s; keep the inference figures of "
+                             "OUTPUT_DIR/results.json")
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                         help="Keras sides to train: tensorflow (XLA), jax (jit), torch (torch.compile), torch-eager")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
@@ -181,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     started = time.time()
-    results = {"command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "output_dir"}}
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
+    if args.training_only:
+        return _training_only(args, command, settings, log)
+    results = {"command": command, "environment": environment(), "settings": settings}
     size, rounds = (256, 2) if args.tiny else (2048, 5)
     log(f"roofline: {size}^2 float32 MatMul in onnxruntime (measured before and after the models)")
     roofline = {t: [matmul_gflops(t, size=size, rounds=rounds)] for t in args.threads}
@@ -200,6 +206,26 @@ def main(argv: list[str] | None = None) -> int:
         results["training"] = benchmark_training(args.models, args, log)
     results["environment"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.time() - started
+    paths = report_mod.write(results, Path(args.output_dir))
+    print(report_mod.markdown(results))
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _training_only(args, command: str, settings: dict, log) -> int:
+    """Replace the training part of an earlier ``results.json``; its inference figures stay as they were."""
+    import json
+
+    previous = Path(args.output_dir) / "results.json"
+    try:
+        results = json.loads(previous.read_text())
+    except (OSError, ValueError) as err:
+        log(f"error: --training-only needs an earlier {previous} to update ({err})")
+        return 2
+    started = time.time()
+    results["training"] = benchmark_training(args.models, args, log)
+    results["training_run"] = {"command": command, "settings": settings, "environment": environment(),
+                               "seconds": time.time() - started, "load_average_end": list(os.getloadavg())}
     paths = report_mod.write(results, Path(args.output_dir))
     print(report_mod.markdown(results))
     log("wrote " + ", ".join(str(p) for p in paths))

@@ -13,8 +13,9 @@ from keras_vit.errors import UserInputError
 
 #: Policies: ``none``; ``digits`` (shift, rotate, zoom, no flips: a mirrored 2 is no digit);
 #: ``fashion`` (mirror + shift, black border); ``natural`` (mirror + shift, reflected border, CIFAR-like);
-#: ``light`` (shift only, for datasets we know nothing about).
-POLICIES = ("none", "digits", "fashion", "natural", "light")
+#: ``light`` (shift only, for datasets we know nothing about); ``mirror`` (left-right mirror only: objects
+#: that fill the frame, where a shift with a black border cuts them, e.g. Fashion-MNIST).
+POLICIES = ("none", "digits", "fashion", "natural", "light", "mirror")
 
 _AUTO = {"sample": "digits", "mnist": "digits", "fashion_mnist": "fashion", "cifar10": "natural"}
 
@@ -72,6 +73,8 @@ def build_augmentation(policy: str, seed: int | None = None) -> keras.Sequential
             keras.layers.RandomFlip("horizontal", seed=seed),
             keras.layers.RandomTranslation(0.125, 0.125, seed=_offset(seed, 1), fill_mode="reflect"),
         ]
+    elif policy == "mirror":
+        layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
     else:  # light
         layers = [keras.layers.RandomTranslation(0.1, 0.1, seed=seed, fill_mode="nearest")]
     return keras.Sequential(layers, name=f"augment_{policy}")

@@ -29,6 +29,27 @@ def tiny_results(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), done.stdout
 
 
+def test_training_only_updates_the_training_part_and_keeps_the_rest(tiny_results, tmp_path):
+    results, _, _ = tiny_results
+    (tmp_path / "results.json").write_text(json.dumps({**results, "training": {}}))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--training-only",
+                           "--output-dir", str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    updated = json.loads((tmp_path / "results.json").read_text())
+    assert updated["models"] == results["models"] and updated["roofline"] == results["roofline"]
+    assert updated["training"]["tiny"]["images_per_s"]["tensorflow"] > 0
+    assert updated["training_run"]["command"] == "python -m benchmarks.run --tiny --training-only --output-dir " + str(
+        tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "### Training images/s" in markdown and "Training figures re-measured separately" in markdown
+    missing = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--training-only",
+                              "--output-dir", str(tmp_path / "none")], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "--training-only needs an earlier" in missing.stderr
+
+
 def test_json_structure(tiny_results):
     results, _, _ = tiny_results
     assert results["command"].startswith("python -m benchmarks.run --tiny")

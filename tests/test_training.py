@@ -100,6 +100,13 @@ def test_augmentation_policies():
     assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in digits.layers)  # a mirrored 2 is no 2
     assert any(isinstance(layer, keras.layers.RandomFlip) for layer in build_augmentation("natural").layers)
     assert build_augmentation("none") is None
+    assert [type(layer).__name__ for layer in build_augmentation("mirror").layers] == ["RandomFlip"]
+    from keras_vit.augment import POLICIES
+    from keras_vit.cli.main import build_parser
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    augment = next(a for a in train_parser._actions if a.dest == "augment")
+    assert augment.choices == ["auto", *POLICIES]  # the command line offers every policy
     with pytest.raises(UserInputError, match="^Unknown augmentation 'flip'"):
         resolve_policy("flip", "mnist", 1)
 

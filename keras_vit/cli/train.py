@@ -71,7 +71,7 @@ def register(subparsers) -> None:
     parser.add_argument("--label-smoothing", type=_number(0, 1), default=d.label_smoothing,
                         help=f"default {d.label_smoothing:g}")
     parser.add_argument("--augment", default=d.augment,
-                        choices=["auto", "none", "digits", "fashion", "natural", "light"],
+                        choices=["auto", "none", "digits", "fashion", "natural", "light", "mirror"],
                         help="augmentation policy (auto: by dataset for runs of 30+ epochs, none for shorter "
                              "runs; digits are never flipped)")
     parser.add_argument("--validation-split", type=_number(0, 1), default=d.validation_split,
