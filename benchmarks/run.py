@@ -206,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         results["training"] = benchmark_training(args.models, args, log)
     results["environment"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.time() - started
-    paths = report_mod.write(results, Path(args.output_dir))
-    print(report_mod.markdown(results))
-    log("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return _publish(results, args, log)
 
 
 def _training_only(args, command: str, settings: dict, log) -> int:
@@ -226,6 +223,11 @@ def _training_only(args, command: str, settings: dict, log) -> int:
     results["training"] = benchmark_training(args.models, args, log)
     results["training_run"] = {"command": command, "settings": settings, "environment": environment(),
                                "seconds": time.time() - started, "load_average_end": list(os.getloadavg())}
+    return _publish(results, args, log)
+
+
+def _publish(results: dict, args, log) -> int:
+    """Write results.json and results.md, print the table, say where they went."""
     paths = report_mod.write(results, Path(args.output_dir))
     print(report_mod.markdown(results))
     log("wrote " + ", ".join(str(p) for p in paths))

@@ -124,12 +124,13 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, thre
 
 def _single_thread(side: str) -> None:
     """One thread in the framework's own pools (the parent also pins the process to one core)."""
-    if side in ("timm", "torch", "torch-eager"):
+    backend = "torch" if side == "timm" else KERAS_SIDES.get(side, (None,))[0]
+    if backend == "torch":
         import torch
 
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
-    elif side == "tensorflow":
+    elif backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(1)

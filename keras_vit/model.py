@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import keras
 
 from keras_vit.errors import UserInputError
-from keras_vit.layers import ConvStem, PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock
+from keras_vit.layers import ConvStem, PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock, conv_stem
 
 #: How raw 0..255 pixels become the model's input: ``input = (raw * scale - mean) / std``.
 IDENTITY_PREPROCESSING: dict[str, Any] = {"scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}
@@ -26,7 +27,7 @@ def _pair(value) -> tuple[int, int]:
 class VisionTransformer(keras.Model):
     """ViT image classifier: patches -> tokens -> pre-norm encoder blocks -> LayerNorm -> head.
 
-    With ``stem_filters`` it is a hybrid ViT: a :class:`~keras_vit.layers.ConvStem` of stride-2
+    With ``stem_filters`` it is a hybrid ViT: a :class:`~keras_vit.layers.ConvStem` of 3x3
     convolutions runs first and the patches are cut from its output, each token still covering
     ``patch_size x patch_size`` pixels of the image.
 
@@ -54,8 +55,9 @@ class VisionTransformer(keras.Model):
         class_names: optional label names, stored with the model and written into exports.
         preprocessing: ``{"scale", "mean", "std"}`` mapping raw pixels to the model input.
         preset: name of the preset the model was built from, if any.
-        stem_filters: channels of each stride-2 convolution of a convolutional stem (``None``: plain
-            ViT); ``patch_size`` must be a multiple of ``2**len(stem_filters)``.
+        stem_filters: channels of each convolution of a convolutional stem (``None``: plain ViT).
+        stem_strides: stride (1 or 2) of each stem convolution, 2 for all by default; ``patch_size``
+            must be a multiple of their product.
     """
 
     def __init__(
@@ -78,15 +80,17 @@ class VisionTransformer(keras.Model):
         preprocessing: dict[str, Any] | None = None,
         preset: str | None = None,
         stem_filters: list[int] | None = None,
+        stem_strides: list[int] | None = None,
         **kwargs,
     ):
         height, width = _pair(image_size)
         stem_filters = [int(f) for f in stem_filters] if stem_filters else None
-        stem_stride = 2 ** len(stem_filters) if stem_filters else 1
+        stem_strides = conv_stem.stem_strides(stem_filters, stem_strides) if stem_filters else None
+        stem_stride = math.prod(stem_strides) if stem_filters else 1
         if patch_size % stem_stride:
             raise UserInputError(
                 f"patch_size {patch_size} is not a multiple of the convolutional stem's stride {stem_stride} "
-                f"({len(stem_filters)} stride-2 convolutions)."
+                f"(strides {stem_strides})."
             )
         if height % patch_size or width % patch_size:
             raise UserInputError(
@@ -102,7 +106,7 @@ class VisionTransformer(keras.Model):
         num_patches = grid[0] * grid[1]
 
         images = keras.Input(shape=(height, width, channels), name="images")
-        features = ConvStem(stem_filters, name="stem")(images) if stem_filters else images
+        features = ConvStem(stem_filters, strides=stem_strides, name="stem")(images) if stem_filters else images
         patches = PatchExtractor(patch_size // stem_stride, name="patch_extractor")(features)
         x = PatchEncoder(
             num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder"
@@ -142,6 +146,7 @@ class VisionTransformer(keras.Model):
         self.preprocessing = dict(preprocessing or IDENTITY_PREPROCESSING)
         self.preset = preset
         self.stem_filters = stem_filters
+        self.stem_strides = stem_strides
 
     @property
     def blocks(self) -> list[TransformerEncoderBlock]:
@@ -189,6 +194,7 @@ class VisionTransformer(keras.Model):
             "preprocessing": self.preprocessing,
             "preset": self.preset,
             "stem_filters": self.stem_filters,
+            "stem_strides": self.stem_strides,
         }
 
     @classmethod

@@ -123,41 +123,53 @@ def test_token_pooling_modes():
         TokenPooling("max")
 
 
-def _conv_same_stride2(x, kernel):
-    """NumPy reference of a 'same'-padded stride-2 convolution (NHWC, HWIO), TensorFlow's padding rule."""
+def _conv_same(x, kernel, stride):
+    """NumPy reference of a 'same'-padded convolution (NHWC, HWIO), TensorFlow's padding rule."""
     k = kernel.shape[0]
-    out_h, out_w = -(-x.shape[1] // 2), -(-x.shape[2] // 2)
-    pad_h = max((out_h - 1) * 2 + k - x.shape[1], 0)
-    pad_w = max((out_w - 1) * 2 + k - x.shape[2], 0)
+    out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    pad_h = max((out_h - 1) * stride + k - x.shape[1], 0)
+    pad_w = max((out_w - 1) * stride + k - x.shape[2], 0)
     x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
     out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]), np.float64)
     for i in range(out_h):
         for j in range(out_w):
-            window = x[:, 2 * i:2 * i + k, 2 * j:2 * j + k, :]
+            window = x[:, stride * i:stride * i + k, stride * j:stride * j + k, :]
             out[:, i, j] = np.tensordot(window, kernel, axes=([1, 2, 3], [0, 1, 2]))
     return out
 
 
-def test_conv_stem_halves_each_side_per_stage_and_matches_numpy():
-    stem = ConvStem([4, 6])
+@pytest.mark.parametrize(
+    "filters, strides, stride, out_hw",
+    [([4, 6], None, 4, (2, 3)), ([4, 5, 6], [1, 2, 2], 4, (2, 3)), ([3, 4], [1, 2], 2, (4, 6))],
+)
+def test_conv_stem_shrinks_by_its_strides_and_matches_numpy(filters, strides, stride, out_hw):
+    stem = ConvStem(filters, strides=strides)
     x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype("float32")
     out = ops.convert_to_numpy(stem(x, training=False))
-    assert out.shape == (2, 2, 3, 6) == stem.compute_output_shape((2, 8, 12, 3))
-    assert stem.stride == 4
+    assert out.shape == (2, *out_hw, filters[-1]) == stem.compute_output_shape((2, 8, 12, 3))
+    assert stem.stride == stride
     # Inference: BatchNorm with its initial statistics is x / sqrt(1 + eps); then ReLU.
     expected = x.astype(np.float64)
-    for conv, _ in stem.stages:
-        expected = np.maximum(_conv_same_stride2(expected, ops.convert_to_numpy(conv.kernel)) / np.sqrt(1 + 1e-5), 0)
+    for (conv, _), s in zip(stem.stages, stem.strides, strict=True):
+        kernel = ops.convert_to_numpy(conv.kernel)
+        expected = np.maximum(_conv_same(expected, kernel, s) / np.sqrt(1 + 1e-5), 0)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_conv_stem_rejects_bad_filters_and_strides():
     with pytest.raises(UserInputError, match="one or more positive filter counts"):
         ConvStem([])
+    with pytest.raises(UserInputError, match=r"a stride of 1 or 2 for each of its 2 stages, got \[2, 3\]"):
+        ConvStem([4, 8], strides=[2, 3])
+    with pytest.raises(UserInputError, match="for each of its 2 stages"):
+        ConvStem([4, 8], strides=[2])
 
 
 @pytest.mark.parametrize(
     "layer",
     [
         PatchExtractor(4),
-        ConvStem([8, 16], kernel_size=5),
+        ConvStem([8, 16], kernel_size=5, strides=[1, 2]),
         PatchEncoder(num_patches=6, hidden_dim=8, grid_size=(2, 3), dropout=0.1),
         MultiHeadSelfAttention(num_heads=2, qkv_bias=False, attention_dropout=0.1, dropout=0.2),
         MLP(mlp_dim=24, dropout=0.1),

@@ -39,18 +39,33 @@ def test_vit_mnist_preset_architecture():
 @pytest.mark.backends
 def test_convstem_preset_cuts_patches_from_the_stem_output(tmp_path):
     model = keras_vit.create_model("vit_mnist_convstem")
-    assert keras_vit.count_params(model) == 228_138
-    assert model.stem_filters == [32, 64] and model.patch_size == 4
+    assert keras_vit.count_params(model) == 265_258
+    assert model.stem_filters == [32, 64, 64] and model.stem_strides == [1, 2, 2] and model.patch_size == 4
+    assert model.pooling == "avg"
     assert model.get_layer("stem").compute_output_shape((None, 28, 28, 1)) == (None, 7, 7, 64)
     assert model.get_layer("patch_extractor").compute_output_shape((None, 7, 7, 64)) == (None, 49, 64)
     x = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32")
     assert keras.ops.convert_to_numpy(model.attention_scores(x)[0]).shape == (3, 4, 50, 50)
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras")
-    assert restored.stem_filters == [32, 64]
+    assert restored.stem_filters == [32, 64, 64] and restored.stem_strides == [1, 2, 2]
     np.testing.assert_allclose(restored.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     with pytest.raises(UserInputError, match="patch_size 2 is not a multiple of the convolutional stem's stride 4"):
         keras_vit.create_model("vit_mnist_convstem", patch_size=2)
+
+
+def test_stem_strides_set_how_much_the_stem_shrinks_before_the_patches(tmp_path):
+    model = keras_vit.create_model("vit_mnist_convstem", stem_filters=[4, 8, 8], stem_strides=[1, 2, 2], depth=1)
+    assert model.get_layer("stem").compute_output_shape((None, 28, 28, 1)) == (None, 7, 7, 8)
+    assert model.get_layer("patch_extractor").patch_size == 1
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").stem_strides == [1, 2, 2]
+    two = keras_vit.create_model("vit_mnist_convstem", stem_filters=[4, 8], stem_strides=[1, 2], depth=1)
+    assert two.get_layer("patch_extractor").compute_output_shape((None, 14, 14, 8)) == (None, 49, 32)
+    with pytest.raises(UserInputError, match=r"patch_size 4 is not a multiple of the convolutional stem's stride 8"):
+        keras_vit.create_model("vit_mnist_convstem", stem_filters=[4, 4, 4], stem_strides=[2, 2, 2])
+    with pytest.raises(UserInputError, match="a stride of 1 or 2 for each of its 2 stages"):
+        keras_vit.create_model("vit_mnist_convstem", stem_filters=[4, 8], stem_strides=[4, 1])
 
 
 @pytest.mark.backends

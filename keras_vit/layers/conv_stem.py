@@ -1,7 +1,8 @@
-"""A convolutional stem: stride-2 3x3 convolutions in place of the first steps of patchifying."""
+"""A convolutional stem: 3x3 convolutions (mostly stride 2) in place of the first steps of patchifying."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -11,40 +12,44 @@ from keras_vit.errors import UserInputError
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class ConvStem(keras.layers.Layer):
-    """``Conv 3x3 / 2 -> BatchNorm -> ReLU`` per entry of ``filters``: ``(B, H, W, C) -> (B, H/2^k, W/2^k, F)``.
+    """``Conv 3x3 -> BatchNorm -> ReLU`` per entry of ``filters``: ``(B, H, W, C) -> (B, H/s, W/s, F)``.
 
     "Early convolutions help transformers see better" (Xiao et al., 2021): a few strided convolutions
     before the tokens make a ViT converge faster and less sensitively to its optimiser settings than
-    one large patchifying projection. Each stage halves the height and width (``"same"`` padding), so
-    the image size must be a multiple of ``2**len(filters)``; :class:`keras_vit.VisionTransformer`
-    then cuts the stem's output into patches (``patch_size / 2**len(filters)`` of its pixels each)
-    and projects them to tokens as usual.
+    one large patchifying projection. A stage of stride 2 halves the height and width (``"same"``
+    padding), one of stride 1 keeps them (for small images, where halving the first layer's input
+    throws detail away); ``s`` is the product of the strides. :class:`keras_vit.VisionTransformer`
+    then cuts the stem's output into patches (``patch_size / s`` of its pixels each) and projects them
+    to tokens as usual.
 
     Args:
-        filters: output channels of each stage, e.g. ``(32, 64)`` (stride 4 in all).
+        filters: output channels of each stage, e.g. ``(32, 64)``.
         kernel_size: side of the square kernels.
+        strides: stride of each stage, 1 or 2 (default: 2 for every stage, e.g. ``s = 4`` for two).
     """
 
-    def __init__(self, filters: Sequence[int], kernel_size: int = 3, **kwargs):
+    def __init__(self, filters: Sequence[int], kernel_size: int = 3, strides: Sequence[int] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.filters = [int(f) for f in filters]
         if not self.filters or min(self.filters) < 1:
             raise UserInputError(f"ConvStem needs one or more positive filter counts, got {list(filters)!r}.")
+        self.strides = stem_strides(self.filters, strides)
         self.kernel_size = int(kernel_size)
         policy = self.dtype_policy
         self.stages = [
             (
-                keras.layers.Conv2D(f, self.kernel_size, strides=2, padding="same", use_bias=False,
+                keras.layers.Conv2D(f, self.kernel_size, strides=s, padding="same", use_bias=False,
                                     name=f"conv_{i}", dtype=policy),
                 keras.layers.BatchNormalization(epsilon=1e-5, name=f"norm_{i}", dtype=policy),
             )
-            for i, f in enumerate(self.filters)
+            for i, (f, s) in enumerate(zip(self.filters, self.strides, strict=True))
         ]
 
     @property
     def stride(self) -> int:
         """How much the stem shrinks each side of the image."""
-        return 2 ** len(self.filters)
+        return math.prod(self.strides)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -71,4 +76,17 @@ class ConvStem(keras.layers.Layer):
         )
 
     def get_config(self):
-        return {**super().get_config(), "filters": list(self.filters), "kernel_size": self.kernel_size}
+        return {**super().get_config(), "filters": list(self.filters), "kernel_size": self.kernel_size,
+                "strides": list(self.strides)}
+
+
+def stem_strides(filters: Sequence[int], strides: Sequence[int] | None) -> list[int]:
+    """``strides`` checked against ``filters`` (1 or 2 per stage); ``None`` means 2 for every stage."""
+    if strides is None:
+        return [2] * len(filters)
+    strides = [int(s) for s in strides]
+    if len(strides) != len(filters) or any(s not in (1, 2) for s in strides):
+        raise UserInputError(
+            f"ConvStem needs a stride of 1 or 2 for each of its {len(filters)} stages, got {strides!r}."
+        )
+    return strides
