@@ -122,9 +122,14 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, thre
     return json.loads(lines[-1])
 
 
+def _backend(side: str) -> str | None:
+    """The framework a side runs on: ``"torch"`` for timm, a Keras side's backend, ``None`` if unknown."""
+    return "torch" if side == "timm" else KERAS_SIDES.get(side, (None,))[0]
+
+
 def _single_thread(side: str) -> None:
     """One thread in the framework's own pools (the parent also pins the process to one core)."""
-    backend = "torch" if side == "timm" else KERAS_SIDES.get(side, (None,))[0]
+    backend = _backend(side)
     if backend == "torch":
         import torch
 
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         import_timm()
         result = _timm_steps(args.spec, args.batch, args.steps, args.warmup)
     else:
-        backend = KERAS_SIDES.get(args.side, (None,))[0]
+        backend = _backend(args.side)
         if backend is None or os.environ.get("KERAS_BACKEND") != backend:
             print(json.dumps({"error": f"unknown side {args.side!r} or KERAS_BACKEND is not its backend"}))
             return 2

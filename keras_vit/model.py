@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import keras
 
 from keras_vit.errors import UserInputError
-from keras_vit.layers import ConvStem, PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock, conv_stem
+from keras_vit.layers import ConvStem, PatchEncoder, PatchExtractor, TokenPooling, TransformerEncoderBlock
 
 #: How raw 0..255 pixels become the model's input: ``input = (raw * scale - mean) / std``.
 IDENTITY_PREPROCESSING: dict[str, Any] = {"scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}
@@ -85,8 +84,9 @@ class VisionTransformer(keras.Model):
     ):
         height, width = _pair(image_size)
         stem_filters = [int(f) for f in stem_filters] if stem_filters else None
-        stem_strides = conv_stem.stem_strides(stem_filters, stem_strides) if stem_filters else None
-        stem_stride = math.prod(stem_strides) if stem_filters else 1
+        stem = ConvStem(stem_filters, strides=stem_strides, name="stem") if stem_filters else None
+        stem_strides = stem.strides if stem else None
+        stem_stride = stem.stride if stem else 1
         if patch_size % stem_stride:
             raise UserInputError(
                 f"patch_size {patch_size} is not a multiple of the convolutional stem's stride {stem_stride} "
@@ -106,7 +106,7 @@ class VisionTransformer(keras.Model):
         num_patches = grid[0] * grid[1]
 
         images = keras.Input(shape=(height, width, channels), name="images")
-        features = ConvStem(stem_filters, strides=stem_strides, name="stem")(images) if stem_filters else images
+        features = stem(images) if stem else images
         patches = PatchExtractor(patch_size // stem_stride, name="patch_extractor")(features)
         x = PatchEncoder(
             num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder"

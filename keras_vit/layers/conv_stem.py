@@ -34,7 +34,7 @@ class ConvStem(keras.layers.Layer):
         self.filters = [int(f) for f in filters]
         if not self.filters or min(self.filters) < 1:
             raise UserInputError(f"ConvStem needs one or more positive filter counts, got {list(filters)!r}.")
-        self.strides = stem_strides(self.filters, strides)
+        self.strides = _checked_strides(self.filters, strides)
         self.kernel_size = int(kernel_size)
         policy = self.dtype_policy
         self.stages = [
@@ -80,7 +80,7 @@ class ConvStem(keras.layers.Layer):
                 "strides": list(self.strides)}
 
 
-def stem_strides(filters: Sequence[int], strides: Sequence[int] | None) -> list[int]:
+def _checked_strides(filters: Sequence[int], strides: Sequence[int] | None) -> list[int]:
     """``strides`` checked against ``filters`` (1 or 2 per stage); ``None`` means 2 for every stage."""
     if strides is None:
         return [2] * len(filters)
