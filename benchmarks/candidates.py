@@ -18,45 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.specs import ModelSpec
 from keras_vit.export.fusion import FUSED_FAMILIES, fuse_attention, transformer_optimizer_options
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One comparison: a keras-vit preset (with overrides) and the timm model of the same shape."""
-
-    preset: str
-    overrides: dict[str, Any]
-    timm: dict[str, Any]  # {"name": ...} for timm.create_model, else VisionTransformer kwargs
-    train_batch: int
-
-    def keras_model(self):
-        from keras_vit.presets import create_model
-
-        return create_model(self.preset, **self.overrides)
-
-    def timm_model(self, seed: int = 0):
-        from keras_vit.testing.timm_reference import make_timm_preset, make_timm_vit
-
-        if "name" in self.timm:
-            return make_timm_preset(self.timm["name"], seed=seed)
-        return make_timm_vit(seed=seed, **self.timm)
-
-
-SPECS: dict[str, ModelSpec] = {
-    "vit_tiny_patch16_224": ModelSpec("vit_tiny_patch16_224", {}, {"name": "vit_tiny_patch16_224"}, 32),
-    "vit_mnist": ModelSpec(
-        "vit_mnist", {"dropout": 0.0},
-        dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0,
-             num_classes=10), 128,
-    ),
-    # --tiny: seconds, for the tests.
-    "tiny": ModelSpec(
-        "vit_mnist", {"dropout": 0.0, "hidden_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64},
-        dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
-             num_classes=10), 8,
-    ),
-}
 
 
 @dataclass

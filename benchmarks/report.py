@@ -186,9 +186,23 @@ def _training_table(training: dict) -> list[str]:
         threads = t.get("best_threads", {})
         cells = [f"{_f(ips.get(s), 1)} ({_f(cpu.get(s), 1)}){' 1t' if threads.get(s) == '1' else ''}" for s in sides]
         lines.append(f"| {name} | {t['batch']} | " + " | ".join(cells) + f" | {_f(ratio)}x |")
+    for name, t in training.items():
+        for side, entry in t.get("paired", {}).items():
+            for threads, ratio in entry["ratio"].items():
+                if ratio is None:
+                    continue
+                n = sum(len(r.get("pair_speed_ratios", [])) for r in entry["runs"][threads])
+                lines.append(
+                    f"\n{name}, {names.get(side, side)} and timm alternating steps in one process "
+                    f"(threads={'1' if threads == '1' else 'default'}): **{ratio:.2f}x** timm "
+                    f"(median of {n} per-pair time ratios; {_f(entry['images_per_s'][threads], 1)} vs "
+                    f"{_f(entry['timm_images_per_s'][threads], 1)} images/s)")
     errors = [f"{name}/{side}/threads={threads}: {r['error']}" for name, t in training.items()
               for side, by_threads in t["runs"].items() for threads, rs in by_threads.items()
               for r in rs if "error" in r]
+    errors += [f"{name}/{side}+timm paired/threads={threads}: {r['error']}" for name, t in training.items()
+               for side, entry in t.get("paired", {}).items() for threads, rs in entry["runs"].items()
+               for r in rs if "error" in r]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(errors)]
     return lines + [""]

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-repeats", type=int, default=2, help="interleaved training runs per side")
     parser.add_argument("--train-threads", default="1,0",
                         help="thread settings tried per side, best kept: 1 = one core, 0 = defaults (default 1,0)")
+    parser.add_argument("--train-paired", action="store_true",
+                        help="also time each Keras PyTorch side against timm in one process, steps alternated")
     parser.add_argument("--output-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",") if t]
@@ -107,7 +109,8 @@ def time_candidates(candidates, images_nhwc: np.ndarray, threads: int, rounds: i
 
 
 def benchmark_model(name: str, args, workdir: Path, log) -> dict:
-    from benchmarks.candidates import SPECS, build_candidates, int8_agreement, random_images
+    from benchmarks.candidates import build_candidates, int8_agreement, random_images
+    from benchmarks.specs import SPECS
 
     spec = SPECS[name]
     log(f"[{name}] building and exporting both sides")
@@ -130,7 +133,7 @@ def benchmark_model(name: str, args, workdir: Path, log) -> dict:
 
 def benchmark_training(names: list[str], args, log) -> dict:
     """Training images/s per side (Keras backends, timm), each at its best thread setting."""
-    from benchmarks.candidates import SPECS
+    from benchmarks.specs import SPECS
     from benchmarks.training_speed import measure
 
     out = {}
@@ -145,6 +148,7 @@ def benchmark_training(names: list[str], args, log) -> dict:
                         f"(run {repeat + 1}/{args.train_repeats})")
                     runs[side][str(threads)].append(
                         measure(side, name, spec.train_batch, args.train_steps, warmup=2, threads=threads))
+        paired = _paired_runs(name, spec.train_batch, args, log) if args.train_paired else {}
         best = {side: _best_setting(by_threads) for side, by_threads in runs.items()}
         out[name] = {
             "batch": spec.train_batch, "steps": args.train_steps, "runs": runs,
@@ -153,7 +157,35 @@ def benchmark_training(names: list[str], args, log) -> dict:
             "images_per_cpu_s": {side: _median_of(runs[side].get(b[0], []), "images_per_cpu_s")
                                  for side, b in best.items()},
         }
+        if paired:
+            out[name]["paired"] = paired
     return out
+
+
+def _paired_runs(name: str, batch: int, args, log) -> dict:
+    """Per Keras PyTorch side and thread setting: runs alternating its steps with timm's in one process."""
+    from benchmarks.training_speed import measure
+
+    sides = [side for side in args.backends if _torch_side(side)]
+    paired: dict[str, dict] = {side: {"runs": {str(t): [] for t in args.train_threads}} for side in sides}
+    for repeat in range(args.train_repeats):
+        for side in sides:
+            for threads in args.train_threads:
+                log(f"[{name}] training, {side} and timm alternating in one process, threads={threads or 'default'} "
+                    f"(run {repeat + 1}/{args.train_repeats})")
+                paired[side]["runs"][str(threads)].append(
+                    measure(side, name, batch, args.train_steps, warmup=2, threads=threads, paired=True))
+    for entry in paired.values():
+        entry["ratio"] = {t: _median_of(rs, "paired_ratio") for t, rs in entry["runs"].items()}
+        entry["images_per_s"] = {t: _median_of(rs, "images_per_s") for t, rs in entry["runs"].items()}
+        entry["timm_images_per_s"] = {t: _median_of(rs, "timm_images_per_s") for t, rs in entry["runs"].items()}
+    return paired
+
+
+def _torch_side(side: str) -> bool:
+    from benchmarks.training_speed import KERAS_SIDES
+
+    return KERAS_SIDES.get(side, (None,))[0] == "torch"
 
 
 def _best_setting(by_threads: dict[str, list]) -> tuple[str | None, float | None]:

@@ -9,6 +9,9 @@ include compilation. Prints one JSON line.
 thread; ``threads=0`` leaves the defaults (all cores). On a machine shared with other jobs PyTorch's
 OpenMP threads spin while they wait for a descheduled sibling, so one thread can be several times
 faster there: the parent measures both and keeps each side's best.
+
+``--paired`` runs a Keras PyTorch side and timm in one process, alternating steps, so that both meet
+the same machine load: the per-step-pair ratio is the steadiest comparison this machine allows.
 """
 
 from __future__ import annotations
@@ -27,15 +30,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: needs a C++ compiler; ``torch-eager`` is PyTorch's eager mode, the setting timm is measured in.
 KERAS_SIDES = {"tensorflow": ("tensorflow", True), "jax": ("jax", True), "torch": ("torch", True),
                "torch-eager": ("torch", False)}
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
-def _keras_steps(spec_name: str, side: str, batch: int, steps: int, warmup: int) -> dict:
+def _keras_step(spec_name: str, side: str, batch: int, precision: str):
+    """``(step, info)``: one ``train_on_batch`` of the spec's keras-vit model on random images."""
     import keras
     import numpy as np
 
-    from benchmarks.candidates import SPECS
+    from benchmarks.specs import SPECS
+    from keras_vit.training import describe_device
 
     spec = SPECS[spec_name]
+    if precision != "float32":
+        keras.config.set_dtype_policy(f"mixed_{precision}")  # compile() adds loss scaling for float16
     model = spec.keras_model()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     jit_compile = KERAS_SIDES[side][1]
@@ -43,41 +51,84 @@ def _keras_steps(spec_name: str, side: str, batch: int, steps: int, warmup: int)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *model.input_shape[1:])).astype("float32")
     y = rng.integers(0, model.num_classes, batch).astype("int32")
-    start = time.perf_counter()
-    for _ in range(warmup):
-        model.train_on_batch(x, y)
-    compile_s = time.perf_counter() - start
-    times, cpu = _timed(lambda: model.train_on_batch(x, y), steps)
-    return {"warmup_s": compile_s, "step_s": times, "cpu_s": cpu, "jit_compile": jit_compile}
+    return (lambda: model.train_on_batch(x, y)), {"jit_compile": jit_compile, "device": describe_device()}
 
 
-def _timm_steps(spec_name: str, batch: int, steps: int, warmup: int) -> dict:
+def _timm_step(spec_name: str, batch: int, precision: str):
+    """``(step, info)``: one timm training step in PyTorch eager, on the GPU if there is one.
+
+    ``precision`` other than float32 is AMP (autocast, with a gradient scaler for float16).
+    """
     import numpy as np
     import torch
 
-    from benchmarks.candidates import SPECS
+    from benchmarks.specs import SPECS
 
     spec = SPECS[spec_name]
-    model = spec.timm_model().train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = spec.timm_model().train().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+    scaler = torch.amp.GradScaler(device) if precision == "float16" else None
     loss_fn = torch.nn.CrossEntropyLoss()
     cfg = model.patch_embed
     rng = np.random.default_rng(0)
     size = cfg.img_size
-    x = torch.from_numpy(rng.standard_normal((batch, cfg.proj.in_channels, *size)).astype("float32"))
-    y = torch.from_numpy(rng.integers(0, model.num_classes, batch).astype("int64"))
+    x = torch.from_numpy(rng.standard_normal((batch, cfg.proj.in_channels, *size)).astype("float32")).to(device)
+    y = torch.from_numpy(rng.integers(0, model.num_classes, batch).astype("int64")).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if device == "cuda":
+            torch.cuda.synchronize()  # Keras' train_on_batch returns host floats, so it waits too
         return loss
 
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    return step, {"threads": torch.get_num_threads(), "device": f"torch on {name}"}
+
+
+def _run_steps(step, steps: int, warmup: int) -> dict:
+    """``warmup`` untimed calls (compilation included), then ``steps`` timed ones."""
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
-    times, cpu = _timed(step, steps)
-    return {"warmup_s": None, "step_s": times, "cpu_s": cpu, "threads": torch.get_num_threads()}
+    warmup_s = time.perf_counter() - start
+    wall, cpu = _timed(step, steps)
+    return {"warmup_s": warmup_s, "step_s": wall, "cpu_s": cpu}
+
+
+def _paired_steps(spec_name: str, side: str, batch: int, steps: int, warmup: int, precision: str) -> dict:
+    """A Keras PyTorch side and timm in ONE process, their steps alternated (K, T, T, K, K, T, ...).
+
+    On a shared machine a process's step time drifts by 20-30 % within a minute, more than the gap
+    between the sides; alternating single steps in one process puts both under the same drift, so the
+    per-pair time ratio measures the code, not the minute it ran in. Both are PyTorch, so they share one
+    thread pool with the same settings.
+    """
+    keras_step, info = _keras_step(spec_name, side, batch, precision)
+    timm_step, timm_info = _timm_step(spec_name, batch, precision)
+    result = {**info, **_run_steps(keras_step, 0, warmup)}
+    _run_steps(timm_step, 0, warmup)
+    keras_s, timm_s, keras_cpu, timm_cpu = [], [], [], []
+    for i in range(steps):
+        order = ((keras_step, keras_s, keras_cpu), (timm_step, timm_s, timm_cpu))
+        for step, wall, cpu in (order if i % 2 == 0 else order[::-1]):
+            w, c = _timed(step, 1)
+            wall += w
+            cpu += c
+    ratios = [t / k for k, t in zip(keras_s, timm_s, strict=True)]
+    result.update(step_s=keras_s, cpu_s=keras_cpu, timm_step_s=timm_s, timm_cpu_s=timm_cpu,
+                  timm_threads=timm_info["threads"], pair_speed_ratios=ratios)
+    return result
 
 
 def _timed(step, steps: int) -> tuple[list[float], list[float]]:
@@ -92,10 +143,20 @@ def _timed(step, steps: int) -> tuple[list[float], list[float]]:
 
 
 def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, threads: int = 0,
-            timeout: float = 3600) -> dict:
-    """Run one side in a child process; ``side`` is ``"timm"`` or one of :data:`KERAS_SIDES`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
-    if side != "timm":
+            timeout: float = 3600, precision: str = "float32", paired: bool = False) -> dict:
+    """Run one side in a child process; ``side`` is ``"timm"`` or one of :data:`KERAS_SIDES`.
+
+    ``precision``: ``float32``, or ``bfloat16`` / ``float16`` mixed precision (Keras' ``mixed_*`` dtype
+    policy; autocast for timm). ``paired``: a Keras PyTorch side and timm alternate steps in that one
+    process (:func:`_paired_steps`); the result then also holds ``timm_images_per_s`` and ``paired_ratio``.
+    """
+    if precision not in PRECISIONS:
+        return {"error": f"unknown precision {precision!r} ({', '.join(PRECISIONS)})"}
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
+    if side == "timm":
+        env["KERAS_BACKEND"] = "torch"  # keras_vit (imported for the timm helpers) needs a backend; TF may be absent
+    else:
         if side not in KERAS_SIDES:
             return {"error": f"unknown side {side!r} (timm, {', '.join(KERAS_SIDES)})"}
         backend, jit_compile = KERAS_SIDES[side]
@@ -109,13 +170,16 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, thre
         core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     command = [sys.executable, "-m", "benchmarks.training_speed", "--side", side, "--spec", spec_name,
-               "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+               "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
+               "--precision", precision, *(["--paired"] if paired else [])]
     try:
         done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                               preexec_fn=pin)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if lines and "error" in json.loads(lines[-1]):  # the child's own message
+        return json.loads(lines[-1])
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {done.returncode}: {tail[:300]}"}
@@ -150,25 +214,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="1: one thread per pool; 0: the defaults")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--paired", action="store_true",
+                        help="a Keras PyTorch side and timm in this one process, steps alternated")
     args = parser.parse_args(argv)
     if args.threads == 1:
         _single_thread(args.side)
-    if args.side == "timm":
+    if args.side == "timm" or args.paired:
         from keras_vit.testing.timm_reference import import_timm
 
         import_timm()
-        result = _timm_steps(args.spec, args.batch, args.steps, args.warmup)
+    if args.side == "timm":
+        step, info = _timm_step(args.spec, args.batch, args.precision)
+        result = {**info, **_run_steps(step, args.steps, args.warmup), "warmup_s": None}
     else:
         backend = _backend(args.side)
         if backend is None or os.environ.get("KERAS_BACKEND") != backend:
             print(json.dumps({"error": f"unknown side {args.side!r} or KERAS_BACKEND is not its backend"}))
             return 2
-        result = _keras_steps(args.spec, args.side, args.batch, args.steps, args.warmup)
-    result.update(side=args.side, spec=args.spec, batch=args.batch, threads_setting=args.threads)
+        if args.paired and backend != "torch":
+            print(json.dumps({"error": f"--paired needs a PyTorch side (timm's framework), not {args.side!r}"}))
+            return 2
+        if args.paired:
+            result = _paired_steps(args.spec, args.side, args.batch, args.steps, args.warmup, args.precision)
+        else:
+            step, info = _keras_step(args.spec, args.side, args.batch, args.precision)
+            result = {**info, **_run_steps(step, args.steps, args.warmup)}
+    result.update(side=args.side, spec=args.spec, batch=args.batch, threads_setting=args.threads,
+                  precision=args.precision)
     import statistics
 
     result["images_per_s"] = args.batch / statistics.median(result["step_s"])
     result["images_per_cpu_s"] = args.batch / max(statistics.median(result["cpu_s"]), 1e-9)
+    if args.paired:
+        result["timm_images_per_s"] = args.batch / statistics.median(result["timm_step_s"])
+        result["paired_ratio"] = statistics.median(result["pair_speed_ratios"])
     print(json.dumps(result))
     return 0
 

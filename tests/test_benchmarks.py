@@ -123,3 +123,46 @@ def test_training_speed_sides_and_unknown_side():
     result = measure("torch-eager", "tiny", 4, 2, 1, threads=1)
     assert "error" not in result, result
     assert result["jit_compile"] is False and len(result["step_s"]) == 2 and result["images_per_s"] > 0
+
+
+def test_gpu_training_runs_tiny_sides_and_reports_a_missing_backend_as_a_row(tmp_path):
+    """The GPU training benchmark (mixed precision, timm AMP) runs end to end on a tiny model on the CPU.
+
+    A side that cannot run (here an unknown one, on a GPU box usually TensorFlow) is an error row, not a crash.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_training", "--model", "tiny", "--batch", "4",
+                           "--precision", "bfloat16", "--sides", "timm,torch-eager,nosuchside", "--steps", "2",
+                           "--warmup", "1", "--output-dir", str(tmp_path)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu_training.json").read_text())
+    summary = results["summary"]
+    assert summary["timm"]["vs_timm"] == 1.0 and summary["timm"]["device"] == "torch on CPU"
+    assert summary["torch-eager"]["images_per_s"] > 0 and summary["torch-eager"]["device"] == "torch on CPU"
+    assert "unknown side 'nosuchside'" in summary["nosuchside"]["error"]
+    assert all(run["precision"] == "bfloat16" for run in results["runs"]["timm"] + results["runs"]["torch-eager"])
+    assert "| torch-eager | torch on CPU |" in (tmp_path / "gpu_training.md").read_text()
+    assert "providers" in results["onnxruntime"]
+
+
+def test_paired_training_speed_alternates_keras_torch_and_timm_in_one_process():
+    """``paired=True``: a Keras PyTorch side and timm step in turn in one process; the ratio is per step pair."""
+    from benchmarks.report import _training_table
+    from benchmarks.training_speed import measure
+
+    result = measure("torch-eager", "tiny", 4, 3, 1, threads=1, paired=True)
+    assert "error" not in result, result
+    assert len(result["step_s"]) == len(result["timm_step_s"]) == len(result["pair_speed_ratios"]) == 3
+    expected = [t / k for k, t in zip(result["step_s"], result["timm_step_s"], strict=True)]
+    assert result["pair_speed_ratios"] == expected and result["paired_ratio"] > 0
+    assert result["timm_images_per_s"] > 0 and result["images_per_s"] > 0
+    assert "needs a PyTorch side" in measure("jax", "tiny", 4, 1, 1, paired=True)["error"]
+
+    entry = {"runs": {"1": [result]}, "ratio": {"1": result["paired_ratio"]},
+             "images_per_s": {"1": result["images_per_s"]}, "timm_images_per_s": {"1": result["timm_images_per_s"]}}
+    training = {"tiny": {"batch": 4, "runs": {}, "images_per_s": {"timm": 1.0}, "paired": {"torch-eager": entry}}}
+    text = "\n".join(_training_table(training))
+    ratio = f"**{result['paired_ratio']:.2f}x**"
+    assert f"Keras torch (eager) and timm alternating steps in one process (threads=1): {ratio}" in text
+    assert "median of 3 per-pair time ratios" in text
