@@ -123,8 +123,8 @@ def _paired_steps(spec_name: str, side: str, batch: int, steps: int, warmup: int
         order = ((keras_step, keras_s, keras_cpu), (timm_step, timm_s, timm_cpu))
         for step, wall, cpu in (order if i % 2 == 0 else order[::-1]):
             w, c = _timed(step, 1)
-            wall += w
-            cpu += c
+            wall.extend(w)
+            cpu.extend(c)
     ratios = [t / k for k, t in zip(keras_s, timm_s, strict=True)]
     result.update(step_s=keras_s, cpu_s=keras_cpu, timm_step_s=timm_s, timm_cpu_s=timm_cpu,
                   timm_threads=timm_info["threads"], pair_speed_ratios=ratios)
