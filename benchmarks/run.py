@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _training_only(args, command: str, settings: dict, log) -> int:
-    """Replace the training part of an earlier ``results.json``; its inference figures stay as they were."""
+    """Re-measure the training of ``--models`` in an earlier ``results.json``; everything else stays as it was."""
     import json
 
     previous = Path(args.output_dir) / "results.json"
@@ -252,7 +252,7 @@ def _training_only(args, command: str, settings: dict, log) -> int:
         log(f"error: --training-only needs an earlier {previous} to update ({err})")
         return 2
     started = time.time()
-    results["training"] = benchmark_training(args.models, args, log)
+    results["training"] = {**results.get("training", {}), **benchmark_training(args.models, args, log)}
     results["training_run"] = {"command": command, "settings": settings, "environment": environment(),
                                "seconds": time.time() - started, "load_average_end": list(os.getloadavg())}
     return _publish(results, args, log)
