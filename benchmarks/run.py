@@ -164,9 +164,9 @@ def benchmark_training(names: list[str], args, log) -> dict:
 
 def _paired_runs(name: str, batch: int, args, log) -> dict:
     """Per Keras PyTorch side and thread setting: runs alternating its steps with timm's in one process."""
-    from benchmarks.training_speed import measure
+    from benchmarks.training_speed import backend_of, measure
 
-    sides = [side for side in args.backends if _torch_side(side)]
+    sides = [side for side in args.backends if backend_of(side) == "torch"]
     paired: dict[str, dict] = {side: {"runs": {str(t): [] for t in args.train_threads}} for side in sides}
     for repeat in range(args.train_repeats):
         for side in sides:
@@ -180,12 +180,6 @@ def _paired_runs(name: str, batch: int, args, log) -> dict:
         entry["images_per_s"] = {t: _median_of(rs, "images_per_s") for t, rs in entry["runs"].items()}
         entry["timm_images_per_s"] = {t: _median_of(rs, "timm_images_per_s") for t, rs in entry["runs"].items()}
     return paired
-
-
-def _torch_side(side: str) -> bool:
-    from benchmarks.training_speed import KERAS_SIDES
-
-    return KERAS_SIDES.get(side, (None,))[0] == "torch"
 
 
 def _best_setting(by_threads: dict[str, list]) -> tuple[str | None, float | None]:

@@ -178,22 +178,21 @@ def measure(side: str, spec_name: str, batch: int, steps: int, warmup: int, thre
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if lines and "error" in json.loads(lines[-1]):  # the child's own message
-        return json.loads(lines[-1])
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {done.returncode}: {tail[:300]}"}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1]) if lines else None
+    if result is not None and ("error" in result or done.returncode == 0):  # a figure, or the child's own message
+        return result
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {done.returncode}: {tail[:300]}"}
 
 
-def _backend(side: str) -> str | None:
+def backend_of(side: str) -> str | None:
     """The framework a side runs on: ``"torch"`` for timm, a Keras side's backend, ``None`` if unknown."""
     return "torch" if side == "timm" else KERAS_SIDES.get(side, (None,))[0]
 
 
 def _single_thread(side: str) -> None:
     """One thread in the framework's own pools (the parent also pins the process to one core)."""
-    backend = _backend(side)
+    backend = backend_of(side)
     if backend == "torch":
         import torch
 
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         step, info = _timm_step(args.spec, args.batch, args.precision)
         result = {**info, **_run_steps(step, args.steps, args.warmup), "warmup_s": None}
     else:
-        backend = _backend(args.side)
+        backend = backend_of(args.side)
         if backend is None or os.environ.get("KERAS_BACKEND") != backend:
             print(json.dumps({"error": f"unknown side {args.side!r} or KERAS_BACKEND is not its backend"}))
             return 2
