@@ -18,6 +18,7 @@ from keras_vit.training import (
     TrainConfig,
     atomic_save_model,
     build_optimizer,
+    endless,
     evaluate,
     fit,
     mixed_precision,
@@ -137,6 +138,27 @@ def test_augmentation_runs_in_the_pipeline(small_sample, kind):
     assert images.shape == (32, 28, 28, 1)
     assert not np.allclose(images, x)  # moved
     assert abs(images.mean() - x.mean()) < 0.25 * x.mean()  # but still digits on black
+
+
+def test_endless_repeats_tf_data_pass_by_pass_and_leaves_other_inputs_alone(small_sample):
+    """``fit`` gets one iterator for the whole run: passes of exactly one epoch, each reshuffled."""
+    x, y = small_sample.x_train[:50], np.arange(50) % 10
+    args = dict(batch_size=16, preprocessing={"scale": 1.0}, num_classes=10)
+    data, batches = endless(tf_data_pipeline(x, y, shuffle=True, seed=3, **args))
+    assert batches == 4
+    seen = [np.asarray(images) for images, _ in data.take(2 * batches)]
+    assert [len(b) for b in seen] == [16, 16, 16, 2] * 2  # epochs stay aligned with passes
+
+    def order(pass_batches):
+        flat = np.concatenate(pass_batches).reshape(50, -1)
+        rows = [int(np.flatnonzero((x.reshape(50, -1) == row).all(axis=1))[0]) for row in flat]
+        return rows
+
+    first, second = order(seen[:batches]), order(seen[batches:])
+    assert sorted(first) == sorted(second) == sorted(order([x]))  # every image once per pass
+    assert first != second  # shuffled afresh
+    pydataset = ArrayBatches(x, y, **args)
+    assert endless(pydataset) == (pydataset, None) and endless(None) == (None, None)
 
 
 def test_atomic_save_never_leaves_a_half_written_model(tmp_path):
