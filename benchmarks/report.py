@@ -83,6 +83,14 @@ def _f(value, digits: int = 2, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}"
 
 
+def _interval(entry: dict, threads: str) -> str:
+    """``", 90 % interval a-b; whole-run time ratio c"`` for a paired entry, as far as it has them."""
+    low_high = entry.get("interval", {}).get(threads)
+    time_ratio = entry.get("time_ratio", {}).get(threads)
+    text = f", 90 % interval {low_high[0]:.2f}-{low_high[1]:.2f}" if low_high else ""
+    return text + (f"; whole-run time ratio {time_ratio:.2f}x" if time_ratio else "")
+
+
 def _ms(value) -> str:
     if value is None:
         return "n/a"
@@ -195,8 +203,9 @@ def _training_table(training: dict) -> list[str]:
                 lines.append(
                     f"\n{name}, {names.get(side, side)} and timm alternating steps in one process "
                     f"(threads={'1' if threads == '1' else 'default'}): **{ratio:.2f}x** timm "
-                    f"(median of {n} per-pair time ratios; {_f(entry['images_per_s'][threads], 1)} vs "
-                    f"{_f(entry['timm_images_per_s'][threads], 1)} images/s)")
+                    f"(median of {n} per-pair time ratios{_interval(entry, threads)}; "
+                    f"{_f(entry['images_per_s'][threads], 1)} vs {_f(entry['timm_images_per_s'][threads], 1)} "
+                    f"images/s by each side's median step)")
     errors = [f"{name}/{side}/threads={threads}: {r['error']}" for name, t in training.items()
               for side, by_threads in t["runs"].items() for threads, rs in by_threads.items()
               for r in rs if "error" in r]

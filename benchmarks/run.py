@@ -179,7 +179,21 @@ def _paired_runs(name: str, batch: int, args, log) -> dict:
         entry["ratio"] = {t: _median_of(rs, "paired_ratio") for t, rs in entry["runs"].items()}
         entry["images_per_s"] = {t: _median_of(rs, "images_per_s") for t, rs in entry["runs"].items()}
         entry["timm_images_per_s"] = {t: _median_of(rs, "timm_images_per_s") for t, rs in entry["runs"].items()}
+        entry["time_ratio"] = {t: _median_of(rs, "paired_time_ratio") for t, rs in entry["runs"].items()}
+        entry["interval"] = {t: _pooled_interval(rs) for t, rs in entry["runs"].items()}
     return paired
+
+
+def _pooled_interval(runs: list[dict]) -> list[float] | None:
+    """A 90 % bootstrap interval of the median per-pair ratio, all runs' pairs pooled."""
+    from benchmarks.training_speed import summarize_pairs
+
+    ratios = [x for r in runs for x in r.get("pair_speed_ratios", [])]
+    if not ratios:
+        return None
+    keras_s = [x for r in runs for x in r["step_s"]]
+    timm_s = [x for r in runs for x in r["timm_step_s"]]
+    return summarize_pairs(ratios, keras_s, timm_s)["paired_ratio_interval"]
 
 
 def _best_setting(by_threads: dict[str, list]) -> tuple[str | None, float | None]:

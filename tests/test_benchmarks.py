@@ -166,3 +166,25 @@ def test_paired_training_speed_alternates_keras_torch_and_timm_in_one_process():
     ratio = f"**{result['paired_ratio']:.2f}x**"
     assert f"Keras torch (eager) and timm alternating steps in one process (threads=1): {ratio}" in text
     assert "median of 3 per-pair time ratios" in text
+
+
+def test_paired_summary_gives_the_median_ratio_an_interval_and_the_whole_run_ratio():
+    """``summarize_pairs``: median of the pair ratios, a bootstrap interval around it, summed-time ratio."""
+    from benchmarks.report import _training_table
+    from benchmarks.training_speed import summarize_pairs
+
+    keras_s, timm_s = [1.0, 2.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.2, 1.1, 0.9]
+    ratios = [t / k for k, t in zip(keras_s, timm_s, strict=True)]
+    summary = summarize_pairs(ratios, keras_s, timm_s)
+    assert summary["paired_ratio"] == 1.0
+    low, high = summary["paired_ratio_interval"]
+    assert 0.5 <= low <= 1.0 <= high <= 1.2
+    assert summary["paired_time_ratio"] == sum(timm_s) / sum(keras_s)
+    assert summarize_pairs(ratios, keras_s, timm_s) == summary  # seeded: the same numbers, the same interval
+    assert summarize_pairs([1.1] * 4, [1.0] * 4, [1.1] * 4)["paired_ratio_interval"] == [1.1, 1.1]
+
+    entry = {"runs": {"0": []}, "ratio": {"0": 1.0}, "images_per_s": {"0": 10.0}, "timm_images_per_s": {"0": 9.0},
+             "interval": {"0": [low, high]}, "time_ratio": {"0": summary["paired_time_ratio"]}}
+    training = {"tiny": {"batch": 4, "runs": {}, "images_per_s": {"timm": 1.0}, "paired": {"torch": entry}}}
+    text = "\n".join(_training_table(training))
+    assert f"90 % interval {low:.2f}-{high:.2f}; whole-run time ratio {summary['paired_time_ratio']:.2f}x" in text
