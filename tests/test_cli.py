@@ -70,6 +70,19 @@ def test_train_defaults_are_the_offline_sample():
     assert args.epochs == TrainConfig().epochs and args.batch_size == TrainConfig().batch_size
 
 
+def test_train_regularisation_overrides_change_only_the_rates(tiny_npz):
+    from keras_vit.cli.train import _build_model
+
+    dataset = load_dataset(str(tiny_npz))
+    plain = _build_model(build_parser().parse_args(["train", "--preset", "vit_mnist_p4"]), dataset)
+    args = build_parser().parse_args(["train", "--preset", "vit_mnist_p4", "--drop-path", "0.2", "--dropout", "0.05"])
+    model = _build_model(args, dataset)
+    assert (model.drop_path, model.dropout) == (0.2, 0.05)
+    assert (plain.drop_path, plain.dropout) == (0.05, 0.0)  # the preset's
+    assert model.count_params() == plain.count_params()
+    assert model.blocks[-1].drop_path_rate == pytest.approx(0.2)
+
+
 def test_train_writes_model_and_history_and_prints_test_accuracy(trained):
     out, stdout = trained
     record = json.loads((out / "history.json").read_text())
@@ -150,6 +163,7 @@ def bad_files(tmp_path):
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
     (["--validation-split", "1.5"], "argument --validation-split: expected a number in [0, 1), got '1.5'"),
     (["--learning-rate", "abc"], "argument --learning-rate: expected a number, got 'abc'"),
+    (["--drop-path", "1"], "argument --drop-path: expected a number in [0, 1), got '1'"),
     (["--mixed-precision", "int8"], "argument --mixed-precision: invalid choice: 'int8'"),
 ])
 def test_train_errors(bad_files, capsys, argv, message):

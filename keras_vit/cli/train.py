@@ -54,6 +54,10 @@ def register(subparsers) -> None:
                              "classes differ")
     parser.add_argument("--image-size", type=_positive_int, metavar="S",
                         help="train at S x S (the positional embedding of --init weights is resized)")
+    parser.add_argument("--drop-path", type=_number(0, 1), metavar="RATE",
+                        help="stochastic depth rate of the last block (default: the preset's)")
+    parser.add_argument("--dropout", type=_number(0, 1), metavar="RATE",
+                        help="dropout rate in the blocks and on the embedded tokens (default: the preset's)")
     parser.add_argument("--dataset", default="sample",
                         help="sample (packaged MNIST subset, default), mnist, fashion_mnist, cifar10, "
                              "a .npz file or an image folder")
@@ -139,6 +143,7 @@ def _build_model(args: argparse.Namespace, dataset):
     """The model ``train`` fits: the preset, with the dataset's classes, weights seeded by ``--seed``.
 
     It keeps the preset's input size and channels; ``fit`` converts images that differ (and says so).
+    ``--drop-path`` and ``--dropout`` change only the regularisation (same weights, same parameters).
     ``--init`` starts from a checkpoint or ``.keras`` model instead (see ``keras_vit.weights``).
     """
     from keras_vit.presets import create_model
@@ -146,6 +151,8 @@ def _build_model(args: argparse.Namespace, dataset):
 
     set_seed(args.seed)
     size = {} if args.image_size is None else {"image_size": args.image_size}
+    size.update({key: value for key, value in (("drop_path", args.drop_path), ("dropout", args.dropout))
+                 if value is not None})
     if args.init:
         from keras_vit.weights import load_initial_model
 
