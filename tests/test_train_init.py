@@ -26,7 +26,7 @@ def timm_checkpoint(tmp_path_factory):
 
 
 def _args(**kw):
-    base = dict(preset="vit_mnist", init=None, image_size=None, seed=0)
+    base = dict(preset="vit_mnist", init=None, image_size=None, drop_path=None, dropout=None, seed=0)
     return argparse.Namespace(**{**base, **kw})
 
 
