@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 import keras
 import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit.cli.main import main
+from keras_vit.cli.main import build_parser, main
 from keras_vit.cli.train import _build_model
 from keras_vit.datasets import load_dataset
 
@@ -26,8 +24,10 @@ def timm_checkpoint(tmp_path_factory):
 
 
 def _args(**kw):
-    base = dict(preset="vit_mnist", init=None, image_size=None, drop_path=None, dropout=None, seed=0)
-    return argparse.Namespace(**{**base, **kw})
+    """``keras-vit train``'s parsed defaults with ``kw`` set, so new options need no change here."""
+    args = build_parser().parse_args(["train"])
+    vars(args).update(kw)
+    return args
 
 
 def test_init_from_timm_checkpoint_replaces_head_and_resizes_grid(timm_checkpoint):

@@ -150,15 +150,14 @@ def _build_model(args: argparse.Namespace, dataset):
     from keras_vit.training import set_seed
 
     set_seed(args.seed)
-    size = {} if args.image_size is None else {"image_size": args.image_size}
-    size.update({key: value for key, value in (("drop_path", args.drop_path), ("dropout", args.dropout))
-                 if value is not None})
+    given = {"image_size": args.image_size, "drop_path": args.drop_path, "dropout": args.dropout}
+    overrides = {key: value for key, value in given.items() if value is not None}
     if args.init:
         from keras_vit.weights import load_initial_model
 
         return load_initial_model(
-            args.init, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **size
+            args.init, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
         )
     return create_model(
-        args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **size
+        args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
     )
