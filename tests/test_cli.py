@@ -55,7 +55,7 @@ def trained(tiny_npz, tmp_path_factory):
     stdout = io.StringIO()  # module-scoped fixtures cannot use capsys: capture by hand
     with contextlib.redirect_stdout(stdout):
         code = main(["train", "--dataset", str(tiny_npz), "--epochs", "1", "--batch-size", "32",
-                     "--output", str(out), "--quiet", "--seed", "3"])
+                     "--output", str(out), "--quiet", "--seed", "3", "--tta", "flip"])
     assert code == 0, stdout.getvalue()
     return out, stdout.getvalue()
 
@@ -88,7 +88,8 @@ def test_train_writes_model_and_history_and_prints_test_accuracy(trained):
     record = json.loads((out / "history.json").read_text())
     accuracy = record["test"]["accuracy"]
     assert f"Test accuracy: {accuracy:.2%} " in stdout
-    assert "on 32 tiny test images; 1 epochs in" in stdout
+    assert f", {record['test_tta']['accuracy']:.2%} with flip test-time augmentation;" in stdout
+    assert "on 32 tiny test images, " in stdout and "; 1 epochs in" in stdout
     assert record["status"] == "completed" and record["history"]["epoch"] == [1]
     assert record["config"]["seed"] == 3 and record["config"]["batch_size"] == 32
     model = keras.saving.load_model(out / "model.keras")
@@ -105,6 +106,20 @@ def test_evaluate_json_matches_the_training_record(trained, tiny_npz, capsys):
     assert result["accuracy"] == pytest.approx(record["test"]["accuracy"])
     assert result["loss"] == pytest.approx(record["test"]["loss"], rel=1e-5)
     assert result["images"] == 32 and result["dataset"] == "tiny"
+
+
+def test_evaluate_flip_tta_matches_the_training_record(trained, tiny_npz, capsys):
+    out, _ = trained
+    code, stdout, _ = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", tiny_npz, "--tta", "flip",
+                              "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    record = json.loads((out / "history.json").read_text())
+    assert result["tta"] == record["test_tta"]["tta"] == "flip"
+    assert result["accuracy"] == pytest.approx(record["test_tta"]["accuracy"])
+    assert result["loss"] == pytest.approx(record["test_tta"]["loss"], rel=1e-5)
+    code, stdout, _ = run_cli(capsys, "evaluate", out / "model.keras", "--dataset", tiny_npz, "--tta", "flip")
+    assert code == 0 and stdout.rstrip().endswith("(32 tiny test images, flip test-time augmentation)")
 
 
 def test_evaluate_plain_output(trained, tiny_npz, capsys):

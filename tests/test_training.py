@@ -162,6 +162,7 @@ def test_config_validation():
         (dict(learning_rate=-1.0), "Learning rate must be a positive number, got -1.0."),
         (dict(validation_split=1.0), "Validation split must be in [0, 1), got 1.0."),
         (dict(mixed_precision="int8"), "Mixed precision must be bfloat16 or float16, got 'int8'."),
+        (dict(tta="crop"), "Test-time augmentation must be none or flip, got 'crop'."),
     ]:
         with pytest.raises(UserInputError) as info:
             TrainConfig(**kwargs).validate()
@@ -211,6 +212,27 @@ def test_evaluate_matches_a_direct_computation(small_sample):
     assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == small_sample.y_test))
     assert result["loss"] == pytest.approx(-np.mean(log_probs[np.arange(40), small_sample.y_test]), rel=1e-5)
     assert result["images"] == 40
+
+
+@pytest.mark.backends
+def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(small_sample):
+    model = tiny_model()
+    result = evaluate(model, small_sample, batch_size=7, tta="flip")
+    images = preprocess(small_sample.x_test, model.preprocessing)
+    probs = [keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(view, verbose=0))).astype(np.float64)
+             for view in (images, images[:, :, ::-1])]
+    mean = (probs[0] + probs[1]) / 2
+    assert result["tta"] == "flip" and result["images"] == 40
+    assert result["accuracy"] == pytest.approx(np.mean(mean.argmax(1) == small_sample.y_test))
+    assert result["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(40), small_sample.y_test])), rel=1e-5)
+    # a mirror-symmetric test set gives exactly the single-view figures
+    symmetric = Dataset(small_sample.x_train, small_sample.y_train,
+                        np.concatenate([small_sample.x_test[:, :, :14], small_sample.x_test[:, :, 13::-1]], axis=2),
+                        small_sample.y_test, small_sample.class_names, "symmetric")
+    single = evaluate(model, symmetric)
+    assert evaluate(model, symmetric, tta="flip") == pytest.approx({**single, "tta": "flip"})
+    with pytest.raises(UserInputError, match="Test-time augmentation must be one of none, flip, got 'crop'."):
+        evaluate(model, small_sample, tta="crop")
 
 
 class _Interrupt(keras.callbacks.Callback):

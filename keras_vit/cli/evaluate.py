@@ -20,6 +20,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the datasets' .npz files (default: $KERAS_VIT_DATA, else download)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="flip: test-time augmentation, each image and its left-right mirror with their "
+                             "probabilities averaged (for models trained with mirroring; not digits). "
+                             "Default none")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
 
@@ -61,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     if model.class_names and list(model.class_names[:dataset.num_classes]) != list(dataset.class_names):
         note(f"the model's classes ({', '.join(model.class_names[:4])}, ...) are not {dataset.name}'s "
              f"({', '.join(dataset.class_names[:4])}, ...); labels are compared by index")
-    result = evaluate(model, dataset, batch_size=args.batch_size)
+    result = evaluate(model, dataset, batch_size=args.batch_size, tta=args.tta)
     if args.json:
         print(json.dumps({**result, "dataset": dataset.name, "model": str(args.model)}))
     else:
+        with_tta = f", {args.tta} test-time augmentation" if args.tta != "none" else ""
         print(f"accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  "
-              f"({result['images']:,} {dataset.name} test images)")
+              f"({result['images']:,} {dataset.name} test images{with_tta})")
     return 0

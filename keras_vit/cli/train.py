@@ -78,6 +78,10 @@ def register(subparsers) -> None:
                         choices=["auto", "none", "digits", "fashion", "natural", "light", "mirror"],
                         help="augmentation policy (auto: by dataset for runs of 30+ epochs, none for shorter "
                              "runs; digits are never flipped)")
+    parser.add_argument("--tta", default=d.tta, choices=["none", "flip"],
+                        help="flip: also report the test accuracy with flip test-time augmentation (each test "
+                             "image and its mirror, probabilities averaged; for datasets trained with "
+                             "mirroring, not digits). Default none")
     parser.add_argument("--validation-split", type=_number(0, 1), default=d.validation_split,
                         help=f"fraction of the training images held out, default {d.validation_split:g}")
     parser.add_argument("--output", metavar="DIR",
@@ -117,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
         record = fit(model, dataset, config)
     test = record["test"]
+    with_tta = (f", {record['test_tta']['accuracy']:.2%} with {config.tta} test-time augmentation"
+                if "test_tta" in record else "")
     print(f"Test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on {test['images']:,} "
-          f"{dataset.name} test images; {record['epochs_completed']} epochs in {record['train_time_s']:.0f} s")
+          f"{dataset.name} test images{with_tta}; {record['epochs_completed']} epochs in "
+          f"{record['train_time_s']:.0f} s")
     if distribution.is_chief:
         print(f"Saved {config.output_dir}/model.keras and {config.output_dir}/history.json")
     return 0
@@ -135,7 +142,7 @@ def _config(args: argparse.Namespace, dataset_name: str):
         augment=args.augment, seed=args.seed, output_dir=output, mixed_precision=args.mixed_precision,
         jit_compile="auto" if args.jit_compile is None else args.jit_compile,
         checkpoints=args.checkpoints, verbose=2 if args.quiet else "auto",
-        distribute=args.distribute, devices=args.devices,
+        distribute=args.distribute, devices=args.devices, tta=args.tta,
     )
 
 
