@@ -36,6 +36,7 @@ from keras_vit.errors import KerasViTError, UserInputError
 
 #: ``--mixed-precision`` values and the Keras dtype policies they select.
 MIXED_PRECISION_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+#: ``evaluate(tta=...)`` / ``--tta`` values: none, or each image and its left-right mirror.
 TEST_TIME_AUGMENTATIONS = ("none", "flip")
 
 #: Variables (by name) that AdamW does not decay.
@@ -616,7 +617,7 @@ def evaluate(
     for start in range(0, len(data.x_test), chunk):
         images = preprocess(data.x_test[start:start + chunk], preprocessing)
         labels = data.y_test[start:start + chunk]
-        views = [images] + ([images[:, :, ::-1]] if tta == "flip" else [])
+        views = [images] + ([np.ascontiguousarray(images[:, :, ::-1])] if tta == "flip" else [])
         log_probs = [_log_softmax(np.asarray(model.predict(view, batch_size=batch_size, verbose=0), np.float64))
                      for view in views]
         # log of the mean probability over the views, computed stably
