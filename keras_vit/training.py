@@ -123,7 +123,7 @@ class TrainConfig:
             (self.distribute in ("auto", "none", "data-parallel"),
              f"distribute must be auto, none or data-parallel, got {self.distribute!r}"),
             (self.tta in TEST_TIME_AUGMENTATIONS,
-             f"test-time augmentation must be none or flip, got {self.tta!r}"),
+             f"test-time augmentation must be {' or '.join(TEST_TIME_AUGMENTATIONS)}, got {self.tta!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -578,10 +578,10 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
             model.fit(train_data, epochs=int(config.epochs), validation_data=val_data,
                       callbacks=all_callbacks, verbose=config.verbose, shuffle=False)
         # Outside the scope: JAX's data-parallel predict needs batches divisible by the device count.
-        record["test"] = evaluate(model, data, batch_size=max(int(config.batch_size), 256))
+        results = _evaluate_views(model, data, max(int(config.batch_size), 256), config.tta)
+        record["test"] = results[0]
         if config.tta != "none":
-            record["test_tta"] = evaluate(model, data, batch_size=max(int(config.batch_size), 256),
-                                          tta=config.tta)
+            record["test_tta"] = results[1]
         if out:
             atomic_save_model(model, out / "model.keras", publish=chief)
             if chief:
@@ -606,13 +606,19 @@ def evaluate(
     their softmax probabilities averaged (for datasets trained with mirroring, such as
     ``augment="mirror"``; it hurts digits and text). The loss is then that of the averaged probabilities.
     """
+    return _evaluate_views(model, dataset, batch_size, tta)[-1]
+
+
+def _evaluate_views(model: keras.Model, dataset: Dataset, batch_size: int, tta: str) -> list[dict[str, Any]]:
+    """``[single view]``, or ``[single view, tta]`` with ``tta="flip"``, from one pass over the test split:
+    the single view's predictions count for both results."""
     if tta not in TEST_TIME_AUGMENTATIONS:
         raise UserInputError(f"Test-time augmentation must be one of {', '.join(TEST_TIME_AUGMENTATIONS)}, "
                              f"got {tta!r}.")
     image_size, channels, preprocessing, num_classes = _model_input(model)
     check_labels(dataset, num_classes)
     data = match_model(dataset, image_size, channels)
-    correct, total_loss = 0, 0.0
+    totals = [[0, 0.0] for _ in range(1 if tta == "none" else 2)]  # [correct, summed loss] per result
     chunk = max(int(batch_size), 1) * 8
     for start in range(0, len(data.x_test), chunk):
         images = preprocess(data.x_test[start:start + chunk], preprocessing)
@@ -620,17 +626,19 @@ def evaluate(
         views = [images] + ([np.ascontiguousarray(images[:, :, ::-1])] if tta == "flip" else [])
         log_probs = [_log_softmax(np.asarray(model.predict(view, batch_size=batch_size, verbose=0), np.float64))
                      for view in views]
-        # log of the mean probability over the views, computed stably
-        stacked = np.stack(log_probs)
-        top = stacked.max(axis=0)
-        log_mean = top + np.log(np.exp(stacked - top).mean(axis=0))
-        total_loss -= float(np.sum(log_mean[np.arange(len(labels)), labels]))
-        correct += int(np.sum(log_mean.argmax(axis=1) == labels))
+        scored = [log_probs[0]]
+        if tta != "none":  # log of the mean probability over the views, computed stably
+            stacked = np.stack(log_probs)
+            top = stacked.max(axis=0)
+            scored.append(top + np.log(np.exp(stacked - top).mean(axis=0)))
+        for total, log_p in zip(totals, scored, strict=True):
+            total[0] += int(np.sum(log_p.argmax(axis=1) == labels))
+            total[1] -= float(np.sum(log_p[np.arange(len(labels)), labels]))
     n = len(data.x_test)
-    result = {"accuracy": correct / n, "loss": total_loss / n, "images": n}
+    results = [{"accuracy": correct / n, "loss": loss / n, "images": n} for correct, loss in totals]
     if tta != "none":
-        result["tta"] = tta
-    return result
+        results[1]["tta"] = tta
+    return results
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

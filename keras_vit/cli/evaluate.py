@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from keras_vit.training import TEST_TIME_AUGMENTATIONS
+
     parser = subparsers.add_parser(
         "evaluate", help="accuracy and loss of a saved model on a dataset's test split",
         description="Evaluate a model saved by keras-vit (.keras) on the test split of a dataset. "
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the datasets' .npz files (default: $KERAS_VIT_DATA, else download)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
-    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+    parser.add_argument("--tta", default="none", choices=TEST_TIME_AUGMENTATIONS,
                         help="flip: test-time augmentation, each image and its left-right mirror with their "
                              "probabilities averaged (for models trained with mirroring; not digits). "
                              "Default none")

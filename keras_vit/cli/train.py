@@ -38,7 +38,7 @@ def _number(low: float, high: float | None = None, *, include_low: bool = True):
 
 
 def register(subparsers) -> None:
-    from keras_vit.training import TrainConfig
+    from keras_vit.training import TEST_TIME_AUGMENTATIONS, TrainConfig
 
     d = TrainConfig()
     parser = subparsers.add_parser(
@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                         choices=["auto", "none", "digits", "fashion", "natural", "light", "mirror"],
                         help="augmentation policy (auto: by dataset for runs of 30+ epochs, none for shorter "
                              "runs; digits are never flipped)")
-    parser.add_argument("--tta", default=d.tta, choices=["none", "flip"],
+    parser.add_argument("--tta", default=d.tta, choices=TEST_TIME_AUGMENTATIONS,
                         help="flip: also report the test accuracy with flip test-time augmentation (each test "
                              "image and its mirror, probabilities averaged; for datasets trained with "
                              "mirroring, not digits). Default none")
