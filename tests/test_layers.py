@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -78,6 +80,17 @@ def test_attention_matches_numpy_reference():
     assert tuple(weights.shape) == (2, 3, 5, 5)
 
 
+def test_attention_with_query_tokens_gives_the_first_rows_of_full_attention():
+    x = np.random.default_rng(2).normal(size=(2, 7, 12)).astype("float32")
+    layer = MultiHeadSelfAttention(num_heads=3)
+    full, full_weights = layer(x, return_attention_scores=True)
+    first, weights = layer(x, return_attention_scores=True, query_tokens=2)
+    assert tuple(first.shape) == (2, 2, 12) and tuple(weights.shape) == (2, 3, 2, 7)  # keys: every token
+    np.testing.assert_allclose(ops.convert_to_numpy(first), ops.convert_to_numpy(full)[:, :2], atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(weights), ops.convert_to_numpy(full_weights)[:, :, :2],
+                               atol=1e-6)
+
+
 def test_attention_rejects_width_not_divisible_by_heads():
     with pytest.raises(ValueError, match="not divisible by num_heads=3"):
         MultiHeadSelfAttention(num_heads=3)(np.zeros((1, 4, 8), "float32"))
@@ -102,6 +115,60 @@ def test_encoder_block_is_pre_norm_residual():
     ref = h + ops.convert_to_numpy(block.mlp(block.norm2(h)))
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert out.shape == (2, 5, 16)
+
+
+def test_class_token_only_block_gives_the_full_blocks_class_token_row():
+    x = np.random.default_rng(3).normal(size=(3, 6, 16)).astype("float32")
+    block = TransformerEncoderBlock(num_heads=4, mlp_dim=32, class_token_only=True)
+    pruned = ops.convert_to_numpy(block(x))
+    assert pruned.shape == (3, 1, 16)
+    assert block.compute_output_shape((None, 6, 16)) == (None, 1, 16)
+    with block.every_token():
+        full = ops.convert_to_numpy(block(x))
+        assert block.compute_output_shape((None, 6, 16)) == (None, 6, 16)
+    assert block.class_token_only  # restored on leaving the context
+    assert full.shape == (3, 6, 16)
+    np.testing.assert_allclose(pruned, full[:, :1], atol=1e-5)
+    # the same holds for the gradients reaching the block's input and weights
+    grads = {}
+    for name, context in (("pruned", contextlib.nullcontext()), ("full", block.every_token())):
+        with context:
+            grads[name] = _grads_of_class_token(block, x)
+    for a, b in zip(grads["pruned"], grads["full"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _grads_of_class_token(block, x):
+    """Gradients of ``sum(block(x)[:, 0] * w)`` with respect to ``x`` and every weight (numpy)."""
+    w = np.linspace(-1, 1, x.shape[-1]).astype("float32")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(block(xt)[:, 0] * w)
+        grads = tape.gradient(loss, [xt] + [v.value for v in block.trainable_weights])
+    elif backend == "jax":
+        import jax
+        from keras import StatelessScope
+
+        def loss(values, xs):
+            with StatelessScope(state_mapping=list(zip(block.trainable_weights, values, strict=True))):
+                return (block(xs)[:, 0] * w).sum()
+
+        gw, gx = jax.grad(loss, argnums=(0, 1))([v.value for v in block.trainable_weights], x)
+        grads = [gx, *gw]
+    else:
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        (block(xt)[:, 0] * torch.tensor(w)).sum().backward()
+        grads = [xt.grad] + [v.value.grad for v in block.trainable_weights]
+        for v in block.trainable_weights:
+            v.value.grad = None
+    return [ops.convert_to_numpy(g) for g in grads]
 
 
 def test_drop_path_drops_whole_samples_in_training_only():
@@ -174,6 +241,7 @@ def test_conv_stem_rejects_bad_filters_and_strides():
         MultiHeadSelfAttention(num_heads=2, qkv_bias=False, attention_dropout=0.1, dropout=0.2),
         MLP(mlp_dim=24, dropout=0.1),
         TransformerEncoderBlock(num_heads=2, mlp_dim=24, drop_path=0.1, layer_norm_epsilon=1e-5),
+        TransformerEncoderBlock(num_heads=2, mlp_dim=24, class_token_only=True),
         DropPath(0.3, seed=4),
         TokenPooling("avg", num_prefix_tokens=1),
     ],

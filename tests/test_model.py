@@ -105,6 +105,24 @@ def test_attention_scores_are_distributions_over_tokens():
 
 
 @pytest.mark.backends
+def test_last_block_computes_the_class_token_only_when_the_head_reads_it():
+    x = np.random.default_rng(1).normal(size=(3, 28, 28, 1)).astype("float32")
+    model = keras_vit.create_model("vit_mnist", depth=3)
+    assert [b.class_token_only for b in model.blocks] == [False, False, True]
+    assert tuple(model.get_layer("block_2").output.shape) == (None, 1, 64)
+    pruned = keras.ops.convert_to_numpy(model(x, training=False))
+    with model.every_token():
+        full = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(pruned, full, atol=2e-6)
+    # mean pooling reads every token: nothing to prune
+    avg = keras_vit.create_model("vit_mnist", depth=3, pooling="avg")
+    assert not any(b.class_token_only for b in avg.blocks)
+    assert tuple(avg.get_layer("block_2").output.shape) == (None, 17, 64)
+    # attention maps still cover every token of every block
+    assert tuple(model.attention_scores(x)[-1].shape) == (3, 4, 17, 17)
+
+
+@pytest.mark.backends
 def test_keras_file_round_trip_keeps_config_metadata_and_logits(tmp_path):
     model = keras_vit.create_model("vit_mnist", depth=2, class_names=list("abcdefghij"), drop_path=0.1)
     x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")

@@ -7,6 +7,7 @@ quantisation are later, separate steps (:mod:`keras_vit.export.optimize`, :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from keras_vit.errors import KerasViTError, UserInputError
@@ -54,8 +55,11 @@ def convert_to_onnx(
         model, info, include_preprocessing=include_preprocessing,
         include_probabilities=include_probabilities, raw_input_dtype=raw_input_dtype,
     )
+    # The full last block: the fusion recognises its attention and prunes it to the class token itself.
+    every_token = model.every_token() if hasattr(model, "every_token") else contextlib.nullcontext()
     try:
-        model_proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+        with every_token:
+            model_proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
     except KerasViTError:
         raise
     except Exception as err:

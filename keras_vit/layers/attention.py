@@ -14,6 +14,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     ``[q | k | v]``, each ``[head_0 | head_1 | ...]`` as timm orders them), attention is
     ``softmax(q k^T / sqrt(d))`` per head, and ``proj`` maps the concatenated heads back to ``D``.
 
+    Called with ``query_tokens=n``, only the first ``n`` tokens attend (their outputs, ``(B, n, D)``,
+    are returned) while keys and values still cover every token: the same numbers for those rows at a
+    fraction of the cost, which is all a classifier reading the class token needs of the last block.
+
     Args:
         num_heads: number of attention heads; must divide the token width.
         qkv_bias: add a bias to the q/k/v projection.
@@ -49,13 +53,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
         self.built = True
 
-    def call(self, tokens, training=None, return_attention_scores=False):
+    def call(self, tokens, training=None, return_attention_scores=False, query_tokens=None):
         length, dim = tokens.shape[1], tokens.shape[2]
         if length is None:
             length = ops.shape(tokens)[1]
         qkv = ops.reshape(self.qkv(tokens), (-1, length, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
+        if query_tokens is not None:
+            query, length = query[:, :, :query_tokens], query_tokens
         scores = ops.matmul(query * self.scale, ops.transpose(key, (0, 1, 3, 2)))
         weights = ops.softmax(scores, axis=-1)
         context = ops.matmul(self.attention_dropout(weights, training=training), value)
@@ -64,9 +70,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if return_attention_scores:
             return output, weights
         return output
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         return {

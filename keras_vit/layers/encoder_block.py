@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -74,6 +76,10 @@ class TransformerEncoderBlock(keras.layers.Layer):
         drop_path: stochastic-depth rate of both residual branches.
         qkv_bias: bias on the q/k/v projection.
         layer_norm_epsilon: LayerNorm epsilon (timm's ViTs use 1e-6).
+        class_token_only: output the class token (token 0) alone, ``(B, 1, D)``: only it attends,
+            and the residuals and MLP run on its row, while keys and values still come from every
+            token. Exact for that row and several times cheaper; the model sets it on its last block
+            when the classifier reads the class token. :meth:`every_token` turns it off for a while.
     """
 
     def __init__(
@@ -85,9 +91,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
         drop_path: float = 0.0,
         qkv_bias: bool = True,
         layer_norm_epsilon: float = 1e-6,
+        class_token_only: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.class_token_only = bool(class_token_only)
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.dropout_rate = float(dropout)
@@ -111,19 +119,35 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None, return_attention_scores=False):
-        attended = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores)
+        queries = 1 if self.class_token_only else None
+        attended = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores,
+                             query_tokens=queries)
         if return_attention_scores:
             attended, scores = attended
+        if queries is not None:
+            x = x[:, :queries]
         x = x + self.drop_path(attended, training=training)
         x = x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
+        if self.class_token_only:
+            return (input_shape[0], 1, *input_shape[2:])
         return input_shape
+
+    @contextlib.contextmanager
+    def every_token(self):
+        """Within this context the block outputs every token, whatever ``class_token_only`` says."""
+        saved, self.class_token_only = self.class_token_only, False
+        try:
+            yield self
+        finally:
+            self.class_token_only = saved
 
     def get_config(self):
         return {
             **super().get_config(),
+            "class_token_only": self.class_token_only,
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
             "dropout": self.dropout_rate,
