@@ -162,7 +162,7 @@ class VisionTransformer(keras.Model):
 
         With class-token pooling the last block computes the class token alone (see
         :class:`~keras_vit.layers.TransformerEncoderBlock`'s ``class_token_only``): the logits are
-        the same, from about 1/12 less work for a 12-block model. Calls and traces made inside this
+        the same, from 6 % fewer FLOPs for ViT-Ti/16 (10 % for vit_mnist). Calls and traces made inside this
         context compute all tokens instead, for attention maps and for exporters that look for the
         full block (the ONNX fusion prunes the graph again on its own).
         """

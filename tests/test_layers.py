@@ -152,11 +152,10 @@ def _grads_of_class_token(block, x):
         grads = tape.gradient(loss, [xt] + [v.value for v in block.trainable_weights])
     elif backend == "jax":
         import jax
-        from keras import StatelessScope
 
         def loss(values, xs):
-            with StatelessScope(state_mapping=list(zip(block.trainable_weights, values, strict=True))):
-                return (block(xs)[:, 0] * w).sum()
+            outputs, _ = block.stateless_call(values, [], xs)
+            return (outputs[:, 0] * w).sum()
 
         gw, gx = jax.grad(loss, argnums=(0, 1))([v.value for v in block.trainable_weights], x)
         grads = [gx, *gw]
