@@ -264,7 +264,10 @@ def _image_to_raw(image, spec: InputSpec) -> np.ndarray:
 
 
 def _normalise(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Raw 0..255 pixels ``(..., C)`` -> the model's input dtype, with the metadata's scaling."""
+    """Raw 0..255 pixels ``(..., C)`` -> the model's input dtype, with the metadata's scaling.
+
+    The edge copy of ``keras_vit.preprocessing.preprocess`` (mean/std: 1 value or one per channel).
+    """
     if spec.scale is None:  # the graph normalises; it takes raw pixels
         if spec.dtype == "uint8":
             return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
@@ -286,8 +289,12 @@ def preprocess_image(image, spec: InputSpec) -> np.ndarray:
         return _normalise(_image_to_raw(image, spec), spec)
 
 
-def _to_spec_channels(raw: np.ndarray, channels: int) -> np.ndarray:
-    """``(N, H, W, c)`` -> ``(N, H, W, channels)``: repeat gray, ITU-R 601 luma for gray, drop alpha."""
+def _to_spec_channels(raw: np.ndarray, channels: int, integer_pixels: bool = False) -> np.ndarray:
+    """``(N, H, W, c)`` -> ``(N, H, W, channels)``: repeat gray, ITU-R 601 luma for gray, drop alpha.
+
+    ``integer_pixels``: the pixels came as uint8, so the luma is rounded to an integer, as Pillow's
+    ``convert("L")`` and ``keras_vit.preprocessing.convert_channels`` do.
+    """
     have = raw.shape[-1]
     if have == channels:
         return raw
@@ -296,6 +303,8 @@ def _to_spec_channels(raw: np.ndarray, channels: int) -> np.ndarray:
     rgb = raw[..., :3]
     if channels == 1:  # the same weights as Pillow's convert("L")
         luma = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+        if integer_pixels:
+            luma = np.clip(np.rint(luma), 0.0, 255.0)
         return luma[..., None]
     if channels == 3:
         return rgb
@@ -348,7 +357,7 @@ def preprocess_arrays(images: np.ndarray, spec: InputSpec) -> np.ndarray:
         raw = raw[None]
     if raw.ndim == 3:
         raw = raw[..., None]
-    return _normalise(_to_spec_channels(raw, spec.channels), spec)
+    return _normalise(_to_spec_channels(raw, spec.channels, images.dtype == np.uint8), spec)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -528,6 +537,7 @@ def _iter_folder(folder: str, on_skip: Callable[[str, str], None]) -> Iterator[s
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float64 (the copy of ``keras_vit.preprocessing.softmax``)."""
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from keras_vit.errors import UserInputError
+from keras_vit.preprocessing import channel_constants, convert_channels, preprocess, resize_images  # noqa: F401 (re-exported)
 
 #: Environment variable naming the folder with the offline dataset files.
 DATA_ENV = "KERAS_VIT_DATA"
@@ -394,57 +395,8 @@ def check_labels(dataset: Dataset, num_classes: int) -> None:
 def preprocessing_constants(
     preprocessing: dict[str, Any], channels: int
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(scale, mean, std)`` with mean/std as float32 arrays of length ``channels``."""
-    scale = float(preprocessing.get("scale", 1.0 / 255.0))
-    out = []
-    for key, default in (("mean", 0.0), ("std", 1.0)):
-        values = np.asarray(preprocessing.get(key, [default]), np.float32).reshape(-1)
-        if values.size == 1:
-            values = np.repeat(values, channels)
-        if values.size != channels:
-            raise UserInputError(
-                f"The model's preprocessing has {values.size} {key} values for {channels}-channel images."
-            )
-        out.append(values)
-    return scale, out[0], out[1]
-
-
-def preprocess(images: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    """Raw 0..255 images ``(..., C)`` -> float32 model input ``(raw * scale - mean) / std``."""
-    images = np.asarray(images)
-    scale, mean, std = preprocessing_constants(preprocessing, images.shape[-1])
-    return ((images.astype(np.float32) * np.float32(scale) - mean) / std).astype(np.float32)
-
-
-def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` -> ``channels`` channels: gray -> RGB by repeating, RGB -> gray by luma."""
-    have = images.shape[-1]
-    if have == channels:
-        return images
-    if have == 4:  # RGBA: drop alpha first
-        images, have = images[..., :3], 3
-        if channels == 3:
-            return images
-    if have == 1 and channels == 3:
-        return np.repeat(images, 3, axis=-1)
-    if have == 3 and channels == 1:
-        luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
-    raise UserInputError(f"Cannot convert {have}-channel images for a {channels}-channel model.")
-
-
-def resize_images(images: np.ndarray, size: tuple[int, int], chunk: int = 2048) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` -> ``(N, size[0], size[1], C)`` uint8, bilinear (antialiased when shrinking)."""
-    if tuple(images.shape[1:3]) == tuple(size):
-        return images
-    import keras
-
-    out = []
-    for start in range(0, len(images), chunk):
-        batch = keras.ops.convert_to_tensor(images[start:start + chunk].astype(np.float32))
-        resized = keras.ops.image.resize(batch, size, interpolation="bilinear", antialias=True)
-        out.append(np.clip(np.rint(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
+    """``(scale, mean, std)``, mean/std float32 arrays of length ``channels`` (:mod:`keras_vit.preprocessing`)."""
+    return channel_constants(preprocessing, channels)
 
 
 def match_model(dataset: Dataset, image_size: tuple[int, int], channels: int) -> Dataset:

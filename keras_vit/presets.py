@@ -8,6 +8,10 @@ import keras
 
 from keras_vit.errors import UserInputError
 from keras_vit.model import VisionTransformer
+from keras_vit.preprocessing import adapt_to_channels
+
+#: The old private name, still imported by keras_vit.weights.
+_match_channels = adapt_to_channels
 
 MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
 INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -76,23 +80,9 @@ def create_model(preset: str = "vit_mnist", **overrides: Any) -> VisionTransform
         raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
     config.update(overrides)
     if "channels" in overrides and "preprocessing" not in overrides:
-        config["preprocessing"] = _match_channels(config["preprocessing"], config["channels"])
+        config["preprocessing"] = adapt_to_channels(config["preprocessing"], config["channels"])
     config.setdefault("name", preset)
     return VisionTransformer(**config)
-
-
-def _match_channels(preprocessing: dict[str, Any], channels: int) -> dict[str, Any]:
-    """Adapt per-channel mean/std to another channel count (averaged, or repeated)."""
-    out = dict(preprocessing)
-    for key in ("mean", "std"):
-        values = list(out.get(key, [0.0 if key == "mean" else 1.0]))
-        if len(values) != channels:
-            if len(values) == 1:
-                values = values * channels
-            else:
-                values = [sum(values) / len(values)] * channels
-        out[key] = values
-    return out
 
 
 def count_params(model: keras.Model) -> int:

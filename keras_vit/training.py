@@ -31,8 +31,10 @@ import keras
 import numpy as np
 
 from keras_vit.augment import build_augmentation, resolve_policy
-from keras_vit.datasets import Dataset, check_labels, match_model, preprocess, preprocessing_constants
+from keras_vit.datasets import Dataset, check_labels, match_model
 from keras_vit.errors import KerasViTError, UserInputError
+from keras_vit.preprocessing import channel_constants as preprocessing_constants
+from keras_vit.preprocessing import normalize, preprocess
 
 #: ``--mixed-precision`` values and the Keras dtype policies they select.
 MIXED_PRECISION_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -230,7 +232,7 @@ def tf_data_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, preproces
         images = tf.cast(images, tf.float32)
         if layers:
             images = _apply_layers(layers, images)
-        images = (images * scale - mean) / std
+        images = normalize(images, scale, mean, std)
         return images, tf.one_hot(labels, num_classes)
 
     # No autotuning: its model thread sleeps up to 60 s between rounds, and dropping an iterator waits

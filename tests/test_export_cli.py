@@ -120,7 +120,7 @@ def test_plain_classifier_exports_generically(capsys, tmp_path):
     code, out, err = run_cli(capsys, tmp_path / "cnn.keras")
     assert code == 0, err
     assert "warning: the model (Functional) is not a keras-vit VisionTransformer: exported as a generic" in out
-    assert "parity vs Keras on 64 images" in out
+    assert "parity vs Keras on 64 of the verify images (verify data: 1000 images from mnist_sample.npz resized" in out
     session = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(0, 255, (17, 12, 12, 3)).astype("float32")
     assert [i.name for i in session.get_inputs()] == ["images"]

@@ -14,7 +14,7 @@ import keras  # noqa: E402
 
 import keras_vit  # noqa: E402
 from keras_vit.export import SAVED_MODEL_METADATA_FILE, ExportVerificationError, read_metadata, to_saved_model  # noqa: E402
-from keras_vit.export.verify_data import preprocess  # noqa: E402
+from keras_vit.preprocessing import preprocess  # noqa: E402
 from keras_vit.presets import MNIST_PREPROCESSING  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")

@@ -11,7 +11,7 @@ import contextlib
 import logging
 
 from keras_vit.errors import KerasViTError, UserInputError
-from keras_vit.export.model_info import ModelInfo
+from keras_vit.export.model_info import ModelDescription
 from keras_vit.export.signature import serving_function
 
 DEFAULT_OPSET = 17
@@ -35,7 +35,7 @@ def check_opset(opset: int) -> int:
 
 def convert_to_onnx(
     model,
-    info: ModelInfo,
+    info: ModelDescription,
     *,
     opset: int = DEFAULT_OPSET,
     include_preprocessing: bool = False,

@@ -49,7 +49,7 @@ def build_metadata(
     input_dtype: str = "float32",
     outputs: tuple[str, ...] = ("logits",),
 ) -> dict[str, Any]:
-    """The metadata dict (typed values) for a model described by a ``ModelInfo``."""
+    """The metadata dict (typed values) for a model described by a ``ModelDescription``."""
     from keras_vit import __version__
 
     return {

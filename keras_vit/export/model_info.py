@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from keras_vit.errors import UserInputError
+from keras_vit.preprocessing import per_channel
 
 
 @dataclass
-class ModelInfo:
+class ModelDescription:
     """What the exporters need from a model: its input geometry, classes and preprocessing.
 
     ``is_vit`` is false for a plain Keras image classifier exported generically; its preprocessing is
@@ -93,8 +94,8 @@ def foreign_classes(path: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
-def describe_model(model) -> ModelInfo:
-    """A :class:`ModelInfo` for a keras-vit ``VisionTransformer`` or a plain image classifier.
+def describe_model(model) -> ModelDescription:
+    """A :class:`ModelDescription` for a keras-vit ``VisionTransformer`` or a plain image classifier.
 
     A plain classifier must have one 4-D input ``(batch, H, W, C)`` with known ``H, W, C`` and one 2-D
     output; anything else raises :class:`UserInputError`.
@@ -103,7 +104,7 @@ def describe_model(model) -> ModelInfo:
 
     if isinstance(model, VisionTransformer):
         names = model.class_names or [str(i) for i in range(model.num_classes)]
-        return ModelInfo(
+        return ModelDescription(
             image_size=tuple(int(s) for s in model.image_size),
             channels=int(model.channels),
             num_classes=int(model.num_classes),
@@ -120,18 +121,10 @@ def describe_model(model) -> ModelInfo:
 
 def _plain_preprocessing(preprocessing: dict[str, Any], channels: int) -> dict[str, Any]:
     """``{"scale": float, "mean": [C floats], "std": [C floats]}`` with one value per channel."""
-    out = {"scale": float(preprocessing.get("scale", 1.0))}
-    for key, default in (("mean", 0.0), ("std", 1.0)):
-        values = [float(v) for v in preprocessing.get(key, [default])]
-        if len(values) == 1 and channels > 1:
-            values = values * channels
-        if len(values) != channels:
-            raise UserInputError(f"the model's preprocessing has {len(values)} {key} values for {channels} channels.")
-        out[key] = values
-    return out
+    return per_channel(preprocessing, channels, default_scale=1.0)
 
 
-def _describe_generic(model) -> ModelInfo:
+def _describe_generic(model) -> ModelDescription:
     kind = type(model).__name__
     inputs = getattr(model, "inputs", None) or []
     outputs = getattr(model, "outputs", None) or []
@@ -149,7 +142,7 @@ def _describe_generic(model) -> ModelInfo:
         )
     _, height, width, channels = (int(s) if s is not None else None for s in in_shape)
     num_classes = int(out_shape[1])
-    return ModelInfo(
+    return ModelDescription(
         image_size=(height, width),
         channels=channels,
         num_classes=num_classes,

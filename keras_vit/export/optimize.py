@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_vit.export.errors import ExportVerificationError
-from keras_vit.export.model_info import ModelInfo
+from keras_vit.export.model_info import ModelDescription
 from keras_vit.export.timing import interleaved_median_ms
 from keras_vit.export.verify import PARITY_TOLERANCE, onnx_parity, ort_session
 
@@ -52,7 +52,7 @@ def fusion_counts(model_proto) -> dict[str, int]:
     return out
 
 
-def optimize_graph(model_proto, info: ModelInfo):
+def optimize_graph(model_proto, info: ModelDescription):
     """The transformer optimizer then ORT offline optimisation; returns a new ``onnx.ModelProto``."""
     import onnx
     import onnxruntime as ort

@@ -68,7 +68,8 @@ class ExportReport:
             p = self.parity
             sizes = ", ".join(str(b) for b in p["batch_sizes"])
             lines.append(
-                f"parity vs Keras on {p['samples']} images ({self.verify_data}; batches {sizes}): "
+                f"parity vs Keras on {p['samples']} of the verify images (verify data: {self.verify_data}; "
+                f"batches {sizes}): "
                 f"max abs logit diff {p['max_abs_diff']:.3g} <= {format_tolerance(p['tolerance'])}"
             )
         if self.source_parity:

@@ -23,9 +23,9 @@ from keras_vit.export.verify import (
     max_abs_diff,
     require_parity,
     saved_model_outputs,
-    softmax,
     split_batches,
 )
+from keras_vit.preprocessing import softmax
 
 
 def to_saved_model(

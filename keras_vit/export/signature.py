@@ -2,12 +2,12 @@
 
 Runs under the TensorFlow backend only. With ``include_preprocessing`` the function takes raw pixels
 (``uint8`` by default) and applies ``(raw * scale - mean) / std`` per channel before the model, in
-float32, exactly as :func:`keras_vit.export.verify_data.preprocess` does in numpy.
+float32, exactly as :func:`keras_vit.preprocessing.preprocess` does in numpy.
 """
 
 from __future__ import annotations
 
-from keras_vit.export.model_info import ModelInfo
+from keras_vit.export.model_info import ModelDescription
 
 #: Dtypes accepted for raw-pixel inputs when preprocessing is inside the graph.
 RAW_INPUT_DTYPES = ("uint8", "float32")
@@ -31,7 +31,7 @@ def output_names(include_probabilities: bool) -> tuple[str, ...]:
 
 def serving_function(
     model,
-    info: ModelInfo,
+    info: ModelDescription,
     *,
     include_preprocessing: bool = False,
     include_probabilities: bool = False,
@@ -42,21 +42,20 @@ def serving_function(
     Returns ``(function, input_signature)``; the function returns a dict ``{"logits": ...}`` (plus
     ``"probabilities"``, the softmax of the logits, when asked), which names the graph outputs.
     """
-    import numpy as np
     import tensorflow as tf
+
+    from keras_vit.preprocessing import channel_constants, normalize
 
     dtype = input_dtype_for(include_preprocessing, raw_input_dtype)
     height, width = info.image_size
     spec = (tf.TensorSpec([None, height, width, info.channels], tf.as_dtype(dtype), name="images"),)
-    scale = np.float32(info.preprocessing["scale"])
-    mean = np.asarray(info.preprocessing["mean"], dtype="float32")
-    std = np.asarray(info.preprocessing["std"], dtype="float32")
+    scale, mean, std = channel_constants(info.preprocessing, info.channels)
 
     @tf.function(input_signature=spec, autograph=False)
     def serve(images):
         x = images
         if include_preprocessing:
-            x = (tf.cast(x, tf.float32) * scale - mean) / std
+            x = normalize(tf.cast(x, tf.float32), scale, mean, std)
         logits = tf.cast(model(x, training=False), tf.float32)
         outputs = {"logits": tf.identity(logits, name="logits")}
         if include_probabilities:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_vit.errors import UserInputError
-from keras_vit.export.model_info import ModelInfo, describe_model, load_keras_model
+from keras_vit.export.model_info import ModelDescription, describe_model, load_keras_model
 from keras_vit.export.verify import keras_logits, parity_indices
 from keras_vit.export.verify_data import VerifyData, load_verify_data
 
@@ -62,7 +62,7 @@ class Prepared:
     """The loaded model, what the export needs to know of it, its verify data and Keras' logits."""
 
     model: object
-    info: ModelInfo
+    info: ModelDescription
     data: VerifyData
     parity_index: np.ndarray
     reference: np.ndarray

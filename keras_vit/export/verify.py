@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_vit.export.errors import ExportVerificationError, KerasViTError
+from keras_vit.preprocessing import softmax
 
 PARITY_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
@@ -86,12 +87,6 @@ def keras_logits(model, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """The Keras model's float32 logits (inference mode), batch by batch."""
     outs = [np.asarray(model.predict_on_batch(inputs[s : s + batch_size])) for s in range(0, len(inputs), batch_size)]
     return np.concatenate(outs).astype("float32")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

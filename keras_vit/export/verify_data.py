@@ -1,8 +1,9 @@
 """Real images to verify an export on: a named dataset, an ``.npz`` file, or the packaged MNIST sample.
 
 ``--verify-data`` takes a name (``mnist``, ``fashion_mnist``, ``cifar10``, ``usps``, ``mnist_sample``),
-looked up as ``<name>/<file>.npz`` under ``$KERAS_VIT_DATA``, ``./shared/data`` or ``../shared/data``
-(``mnist_sample`` is the 1,000 test digits shipped in ``keras_vit/data``), or a path to an ``.npz``
+loaded as :func:`keras_vit.datasets.load_dataset` loads it (``$KERAS_VIT_DATA``, else Keras' dataset
+cache or download; ``usps`` only from ``$KERAS_VIT_DATA/usps/usps_holdout.npz``; ``mnist_sample`` is
+the 1,000 test digits shipped in ``keras_vit/data``), or a path to an ``.npz``
 with images under ``x_test``, ``x`` or ``images`` and optional labels under ``y_test``, ``y`` or
 ``labels``. Integer images are raw 0..255 pixels and go through the model's preprocessing; float
 images are taken as the model's input as they are. Without ``--verify-data`` the packaged MNIST sample
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from keras_vit.datasets import DATA_ENV, NAMED_DATASETS, load_dataset
 from keras_vit.errors import UserInputError
+from keras_vit.preprocessing import convert_channels, preprocess, resize_images
 
 PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mnist_sample.npz"
 DATASETS = {
@@ -59,14 +62,14 @@ class VerifyData:
         return self.raw.astype(raw_input_dtype)
 
 
-def preprocess(raw: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    """``(raw * scale - mean) / std`` per channel, in float32 (the same ops as the exported graph)."""
-    x = raw.astype("float32") * np.float32(preprocessing["scale"])
-    return (x - np.asarray(preprocessing["mean"], "float32")) / np.asarray(preprocessing["std"], "float32")
+def resolve_dataset(name: str) -> Path | str:
+    """The ``.npz`` file for a path, or the dataset name to load; :class:`UserInputError` if there is none.
 
-
-def resolve_dataset(name: str) -> Path:
-    """The ``.npz`` file for a dataset name or path; :class:`UserInputError` if there is none."""
+    ``mnist``, ``fashion_mnist`` and ``cifar10`` are returned as names and loaded by
+    :func:`keras_vit.datasets.load_dataset` (``$KERAS_VIT_DATA``, else Keras' own dataset cache or
+    download); ``usps`` has no Keras loader and is looked up as ``usps/usps_holdout.npz`` under
+    ``$KERAS_VIT_DATA``.
+    """
     if name == "mnist_sample":
         return PACKAGED_SAMPLE
     candidate = Path(name).expanduser()
@@ -78,24 +81,23 @@ def resolve_dataset(name: str) -> Path:
         raise UserInputError(
             f"unknown verify data {name!r}: give an .npz file or one of {', '.join([*DATASETS, 'mnist_sample'])}."
         )
-    roots = [os.environ.get("KERAS_VIT_DATA"), "shared/data", "../shared/data"]
-    for root in roots:
-        if root and (Path(root) / DATASETS[name]).is_file():
-            return Path(root) / DATASETS[name]
+    if name in NAMED_DATASETS:
+        return name
+    root = os.environ.get(DATA_ENV)
+    if root and (Path(root) / DATASETS[name]).is_file():
+        return Path(root) / DATASETS[name]
+    where = f"${DATA_ENV} is {root}" if root else f"${DATA_ENV} is not set"
     raise UserInputError(
-        f"dataset {name!r} not found ({DATASETS[name]} under $KERAS_VIT_DATA, ./shared/data or ../shared/data)."
+        f"dataset {name!r} not found: it is read from {DATASETS[name]} under ${DATA_ENV} ({where}); "
+        "or give the path of an .npz file."
     )
 
 
-def load_verify_data(
-    source: str | os.PathLike | None,
-    image_size: tuple[int, int],
-    channels: int,
-    preprocessing: dict[str, Any],
-    limit: int = 1000,
-) -> VerifyData:
-    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped."""
-    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source))
+def _read_images(path: Path | str, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``limit`` test images (and labels, if any) of a named dataset or an ``.npz`` file."""
+    if isinstance(path, str):  # a named dataset: the library's loader and its error messages
+        dataset = load_dataset(path)
+        return np.asarray(dataset.x_test[:limit]), np.asarray(dataset.y_test[:limit]).astype("int64")
     try:
         with np.load(path, allow_pickle=False) as data:
             image_key = next((k for k in _IMAGE_KEYS if k in data.files), None)
@@ -108,9 +110,22 @@ def load_verify_data(
         raise
     except Exception as err:
         raise UserInputError(f"could not read verify data {path}: {err}") from None
+    return images, labels
+
+
+def load_verify_data(
+    source: str | os.PathLike | None,
+    image_size: tuple[int, int],
+    channels: int,
+    preprocessing: dict[str, Any],
+    limit: int = 1000,
+) -> VerifyData:
+    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped."""
+    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source))
+    images, labels = _read_images(path, limit)
     if len(images) == 0:
         raise UserInputError(f"verify data {path} holds no images.")
-    description = f"{len(images)} images from {path.name if source is None else source}"
+    description = f"{len(images)} images from {PACKAGED_SAMPLE.name if source is None else source}"
     is_raw = np.issubdtype(images.dtype, np.integer)
     images = _to_nhwc(images.astype("float32"), path)
     changed = images.shape[1:] != (*image_size, channels)
@@ -132,33 +147,5 @@ def _to_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _match_shape(images: np.ndarray, image_size: tuple[int, int], channels: int) -> np.ndarray:
-    """Resize (bilinear) and convert grayscale <-> colour to the model's input shape."""
-    if images.shape[1:3] != tuple(image_size):
-        images = resize_bilinear(images, image_size)
-    have = images.shape[-1]
-    if have != channels:
-        if have in (3, 4) and channels == 1:
-            images = images[..., :3] @ np.asarray([0.299, 0.587, 0.114], "float32")[:, None]
-        elif have == 1:
-            images = np.repeat(images, channels, axis=-1)
-        else:
-            images = np.repeat(images[..., :3].mean(axis=-1, keepdims=True), channels, axis=-1)
-    return images
-
-
-def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(N, H, W, C)`` float images with half-pixel centres (numpy only)."""
-    out = images
-    for axis, new in ((1, size[0]), (2, size[1])):
-        old = out.shape[axis]
-        if old == new:
-            continue
-        centres = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)
-        low = np.floor(centres).astype(int)
-        high = np.minimum(low + 1, old - 1)
-        weight = (centres - low).astype("float32")
-        shape = [1, 1, 1, 1]
-        shape[axis] = new
-        weight = weight.reshape(shape)
-        out = np.take(out, low, axis=axis) * (1 - weight) + np.take(out, high, axis=axis) * weight
-    return out.astype("float32")
+    """Resize and convert grayscale <-> colour to the model's input shape (:mod:`keras_vit.preprocessing`)."""
+    return convert_channels(resize_images(images, tuple(image_size)), channels)
