@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.specs import ModelSpec
-from keras_vit.export.fusion import FUSED_FAMILIES, fuse_attention, transformer_optimizer_options
+from keras_vit.export.graph.fusion import FUSED_FAMILIES, fuse_attention, transformer_optimizer_options
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _ours(model, workdir: Path, images, keras_logits, log) -> list[Candidate]:
     import onnx
 
     from keras_vit.export import to_onnx
-    from keras_vit.export.quantize import quantize_once
+    from keras_vit.export.optimize import quantize_once
 
     out = []
     for kind, optimize in (("fp32", False), ("optimized", True)):
@@ -105,14 +105,14 @@ def _ours(model, workdir: Path, images, keras_logits, log) -> list[Candidate]:
     all_tokens = workdir / "keras_vit_fused_all_tokens.onnx"
     onnx.save(fuse_attention(onnx.load(out[0].path))[0], all_tokens)
     candidate = Candidate("keras-vit fused, all tokens", "keras-vit", "optimized", str(all_tokens), "NHWC",
-                          "keras_vit.export.fusion.fuse_attention(fp32): no class-token pruning")
+                          "keras_vit.export.graph.fusion.fuse_attention(fp32): no class-token pruning")
     candidate.max_abs_diff = _max_diff(all_tokens, images, keras_logits)
     out.append(candidate)
     int8_path = workdir / "keras_vit_int8.onnx"
     onnx.save(quantize_once(onnx.load(out[1].path), per_channel=False, reduce_range=True,
                             keep_first_last_float=False), int8_path)
     out.append(Candidate("keras-vit int8", "keras-vit", "int8", str(int8_path), "NHWC",
-                         "quantize_dynamic(optimized, reduce_range) as keras_vit.export.quantize"))
+                         "quantize_dynamic(optimized, reduce_range) as keras_vit.export.optimize"))
     return out
 
 
@@ -121,7 +121,7 @@ def _timm(reference, model, workdir: Path, images, torch_logits, log) -> list[Ca
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from keras_vit.export.quantize import quantize_once
+    from keras_vit.export.optimize import quantize_once
 
     fp32 = workdir / "timm_fp32.onnx"
     start = time.perf_counter()
@@ -150,7 +150,7 @@ def _timm(reference, model, workdir: Path, images, torch_logits, log) -> list[Ca
     onnx.save(quantize_once(onnx.load(fp32), per_channel=False, reduce_range=True, keep_first_last_float=False),
               int8_path)
     out.append(Candidate("timm int8", "timm", "int8", str(int8_path), "NCHW",
-                         "quantize_dynamic(fp32, reduce_range) as keras_vit.export.quantize"))
+                         "quantize_dynamic(fp32, reduce_range) as keras_vit.export.optimize"))
     return out
 
 

@@ -36,14 +36,13 @@ def train_mnist(path: Path, seconds_note: list) -> Path:
     import keras
 
     import keras_vit
-    from keras_vit.export.verify_data import PACKAGED_SAMPLE, resolve_dataset
+    from keras_vit.datasets import load_dataset
 
     try:
-        source = resolve_dataset("mnist")
+        mnist = load_dataset("mnist")  # $KERAS_VIT_DATA, else Keras' cache or download
     except keras_vit.UserInputError:
-        source = PACKAGED_SAMPLE
-    with np.load(source, allow_pickle=False) as data:
-        x, y = data["x_train"][:12000], data["y_train"][:12000]
+        mnist = load_dataset("sample")
+    x, y = mnist.x_train[:12000, ..., 0], mnist.y_train[:12000]
     keras.utils.set_random_seed(0)
     model = keras_vit.create_model("vit_mnist", class_names=[str(i) for i in range(10)])
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
@@ -76,7 +75,7 @@ def ort_session(path_or_bytes, threads: int | None):
 
 def interleaved(calls: dict, runs: int, rounds: int = 20) -> dict[str, np.ndarray]:
     """Per-call seconds of each candidate, ``runs`` in all, interleaved over ``rounds``."""
-    from keras_vit.export.timing import time_calls
+    from keras_vit.export.optimize import time_calls
 
     per_round = max(1, runs // rounds)
     times: dict[str, list] = {name: [] for name in calls}
@@ -94,11 +93,9 @@ def measure_model(name: str, keras_path: Path, workdir: Path, verify_data: str |
     import onnx
 
     from keras_vit.export import to_onnx
-    from keras_vit.export.model_info import describe_model
-    from keras_vit.export.optimize import fusion_counts, optimize_graph
-    from keras_vit.export.quantize import quantize_int8
-    from keras_vit.export.verify import max_abs_diff, run_onnx
-    from keras_vit.export.verify_data import load_verify_data
+    from keras_vit.export.optimize import fusion_counts, optimize_graph, quantize_int8
+    from keras_vit.export.source import describe_model
+    from keras_vit.export.verify import load_verify_data, max_abs_diff, run_onnx
 
     fp32_path = workdir / f"{name}.onnx"
     start = time.perf_counter()
@@ -267,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _has_mnist() -> bool:
     from keras_vit import UserInputError
-    from keras_vit.export.verify_data import resolve_dataset
+    from keras_vit.datasets import load_dataset
 
     try:
-        resolve_dataset("mnist")
+        load_dataset("mnist")
         return True
     except UserInputError:
         return False

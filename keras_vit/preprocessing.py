@@ -12,7 +12,7 @@ channel count (its per-channel constants are averaged into one).
 Plain numpy functions: :func:`preprocess` (the formula), :func:`convert_channels`, :func:`resize_images`,
 :func:`softmax`. For the model side, :class:`ImagePreprocessor` is a serializable Keras layer holding
 the image size and the constants (keras-hub's ``ImageConverter`` is the pattern); it runs in a model and
-in a ``tf.data`` map on every backend. The exported graph (:mod:`keras_vit.export.signature`) and the
+in a ``tf.data`` map on every backend. The exported graph (:mod:`keras_vit.export.source`) and the
 ``tf.data`` training pipeline apply the same :func:`normalize` to their tensors. The edge runtime
 (``export/infer.py``) keeps a numpy copy of this contract; ``tests/test_preprocessing.py`` checks that
 both compute the same inputs on the same images.

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from keras_vit.augment import build_augmentation, resolve_policy
 from keras_vit.datasets import Dataset, check_labels, match_model
 from keras_vit.errors import KerasViTError, UserInputError
+from keras_vit.io import atomic_save_model, atomic_write_json
 from keras_vit.preprocessing import channel_constants as preprocessing_constants
 from keras_vit.preprocessing import normalize, preprocess
 
@@ -311,55 +311,6 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
 
 # --------------------------------------------------------------------------------------------------
 # Files
-
-
-def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_model(model: keras.Model, path: str | os.PathLike, publish: bool = True) -> None:
-    """``model.save(path)`` through a temporary ``.keras`` file in the same folder (never half-written).
-
-    With ``publish=False`` the model is saved to a scratch file that is then deleted. The non-chief
-    processes of a multi-host JAX run do that whenever the chief saves: Keras' ``save`` creates
-    variables under the active ``keras.distribution``, which runs collectives across processes, so a
-    save made by the chief alone waits forever for the others.
-    """
-    path = Path(path)
-    if not publish:
-        with tempfile.TemporaryDirectory(prefix="keras_vit_discard_") as scratch:
-            model.save(os.path.join(scratch, path.name))
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the finished temporary file normal permissions (mkstemp makes it 0600) and move it in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -163,7 +163,12 @@ def test_cli_end_to_end_prints_checked_figures(trained_mnist_model, tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["path"] == str(output) and output.is_file()
     assert report["parity"]["max_abs_diff"] <= 1e-4 and report["outputs"] == ["logits", "probabilities"]
-    assert report["optimization"]["kept"] in ("plain", "optimized")
+    opt = report["optimization"]
+    assert opt["kept"] in ("plain", "optimized")
+    # vit_mnist's 6 blocks: 13 LayerNorms, 6 GELUs, one attention per block; the fused graph keeps parity.
+    assert {k: opt["fusions"][k] for k in ("LayerNormalization", "Gelu", "Attention")} == {
+        "LayerNormalization": 13, "Gelu": 6, "Attention": 6}
+    assert opt["max_abs_diff"] <= 1e-4 and opt["nodes_optimized"] < opt["nodes_plain"] / 3
     assert report["metadata"]["opset"] == 17
 
 
@@ -181,3 +186,24 @@ def test_cli_under_torch_backend_exports_saved_model(tiny_keras, tmp_path):
     assert "max abs logit diff" in done.stdout
     assert (output / "saved_model.pb").is_file() and (output / "keras_vit_metadata.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["tiny_sm"]
+
+
+def test_export_options_cross_the_process_boundary_as_json(tmp_path):
+    """One options object: checked once, serialised for the TensorFlow child, read back unchanged."""
+    from keras_vit.errors import UserInputError
+    from keras_vit.export import ExportOptions
+
+    verify = tmp_path / "digits.npz"
+    np.savez(verify, x=np.zeros((2, 28, 28), np.uint8))
+    options = ExportOptions(opset="16", quantize="INT8", optimize=True, include_preprocessing=True,
+                            raw_input_dtype="float32", verify_data=os.path.relpath(verify)).checked()
+    assert (options.opset, options.quantize, options.input_dtype, options.outputs) == (16, "int8", "float32",
+                                                                                        ("logits",))
+    child = options.for_another_process()
+    assert child.verify_data == str(verify.absolute())
+    assert ExportOptions.from_json(child.to_json()) == child
+    with pytest.raises(UserInputError, match="unknown export option"):
+        ExportOptions.from_json(json.dumps({"opset": 17, "bogus": 1}))
+    with pytest.raises(UserInputError, match="apply to ONNX exports only"):
+        ExportOptions(format="saved_model", optimize=True).checked()
+    assert ExportOptions(format="saved_model", opset=11).checked().opset == 11  # opset is ONNX-only

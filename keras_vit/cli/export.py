@@ -7,7 +7,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The export options (shared with ``python -m keras_vit.export``)."""
+    """The export options; :func:`run_export` turns them into one ``ExportOptions``."""
     parser.add_argument("model", help="the .keras file to export (saved under any Keras backend)")
     parser.add_argument("--format", default="onnx", help="onnx (default) or saved_model")
     parser.add_argument("--output", default=None,
@@ -39,24 +39,17 @@ def register(subparsers) -> None:
 
 def run_export(args: argparse.Namespace):
     """Run the export the arguments describe; returns the ``ExportReport``."""
-    from keras_vit.errors import UserInputError
-    from keras_vit.export.source import check_format
+    from keras_vit.export.onnx import export_onnx
+    from keras_vit.export.options import ExportOptions
+    from keras_vit.export.saved_model import export_saved_model
 
-    export_format = check_format(args.format)
-    raw_dtype = getattr(args, "raw_input_dtype", "uint8")
-    if export_format == "saved_model":
-        if args.optimize or args.quantize:
-            raise UserInputError("--optimize and --quantize apply to ONNX exports only (use --format onnx).")
-        from keras_vit.export import to_saved_model
-
-        return to_saved_model(args.model, args.output, include_preprocessing=args.include_preprocessing,
-                              verify_data=args.verify_data, include_probabilities=args.include_probabilities,
-                              raw_input_dtype=raw_dtype)
-    from keras_vit.export import to_onnx
-
-    return to_onnx(args.model, args.output, opset=args.opset, include_preprocessing=args.include_preprocessing,
-                   optimize=args.optimize, quantize=args.quantize, verify_data=args.verify_data,
-                   include_probabilities=args.include_probabilities, raw_input_dtype=raw_dtype)
+    options = ExportOptions(
+        format=args.format, opset=args.opset, include_preprocessing=args.include_preprocessing,
+        include_probabilities=args.include_probabilities, optimize=args.optimize, quantize=args.quantize,
+        verify_data=args.verify_data,
+    ).checked()
+    export = export_onnx if options.format == "onnx" else export_saved_model
+    return export(args.model, args.output, options)
 
 
 def run(args: argparse.Namespace) -> int:

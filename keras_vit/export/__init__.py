@@ -1,30 +1,42 @@
-"""Export a keras-vit model to ONNX or a TensorFlow SavedModel, verified against Keras, with metadata.
+"""The library's converter: a Keras ViT to ONNX or a TensorFlow SavedModel, verified against Keras, with metadata.
+
+(Not to be confused with the edge kit in the repository's top-level ``export/`` folder, installed as
+``keras_vit_edge``, which runs the exported files, nor with the ``keras-vit export`` command, which calls
+this package.)
 
 >>> from keras_vit.export import to_onnx, to_saved_model, read_metadata
 >>> report = to_onnx("vit_mnist.keras", "vit_mnist.onnx", optimize=True)   # doctest: +SKIP
 >>> print("\\n".join(report.summary_lines()))                               # doctest: +SKIP
 
-Modules, one job each: ``model_info`` (load/describe the model), ``verify_data`` (real images to check
-on), ``signature`` (the serving function), ``convert`` (tf2onnx), ``optimize``, ``quantize``,
-``metadata``, ``verify``, ``atomic`` (temp-name-then-rename writes), ``backend`` (TensorFlow
-subprocess for JAX/PyTorch callers), ``onnx`` / ``saved_model`` (the pipelines), ``report``.
+Modules, by what a reader looks for:
+
+- ``onnx`` / ``saved_model``: the two pipelines (:func:`to_onnx`, :func:`to_saved_model`), tf2onnx;
+- ``options``: :class:`ExportOptions`, the one options object, and its checks;
+- ``source``: the model being exported (safe loading, description, serving function, first steps);
+- ``verify``: parity checks, the verify images, onnxruntime sessions, the export's errors;
+- ``optimize``: ``--optimize`` and ``--quantize int8``, and latency timing;
+- ``graph``: the ONNX rewriter into onnxruntime's fused ops (a subpackage);
+- ``report``: :class:`ExportReport` and the keras-vit metadata of the written files;
+- ``tf_subprocess`` (and ``__main__``): the conversion in a TensorFlow child process for JAX/PyTorch callers.
+
+Atomic writes come from :mod:`keras_vit.io`, the preprocessing contract from :mod:`keras_vit.preprocessing`.
 Heavy libraries (TensorFlow, tf2onnx, onnxruntime) are imported only when an export runs.
 """
 
 from __future__ import annotations
 
-from keras_vit.export.convert import DEFAULT_OPSET, SUPPORTED_OPSETS
-from keras_vit.export.errors import ExportVerificationError
-from keras_vit.export.metadata import REQUIRED_KEYS, SAVED_MODEL_METADATA_FILE, read_metadata
 from keras_vit.export.onnx import to_onnx
-from keras_vit.export.report import ExportReport
+from keras_vit.export.options import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportOptions
+from keras_vit.export.report import REQUIRED_KEYS, SAVED_MODEL_METADATA_FILE, ExportReport, read_metadata
 from keras_vit.export.saved_model import to_saved_model
+from keras_vit.export.verify import ExportVerificationError
 
 __all__ = [
     "DEFAULT_OPSET",
     "REQUIRED_KEYS",
     "SAVED_MODEL_METADATA_FILE",
     "SUPPORTED_OPSETS",
+    "ExportOptions",
     "ExportReport",
     "ExportVerificationError",
     "read_metadata",

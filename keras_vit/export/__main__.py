@@ -1,12 +1,12 @@
-"""``python -m keras_vit.export MODEL.keras --format onnx ...``: the export command without the CLI wrapper.
+"""``python -m keras_vit.export JOB.json``: the TensorFlow child process of an export (no argument parsing).
 
-Used by :mod:`keras_vit.export.backend` to convert under ``KERAS_BACKEND=tensorflow``. With
-``--report-json FILE`` it writes the report (or ``{"error", "exit_code"}``) there instead of printing.
+:mod:`keras_vit.export.tf_subprocess` writes the job: ``{"model": PATH, "output": PATH, "report": PATH,
+"options": ExportOptions as a dict}``. The child runs the export under ``KERAS_BACKEND=tensorflow`` and
+writes the report there (or ``{"error", "exit_code"}``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,32 +16,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from keras_vit.cli.export import add_arguments, run_export
     from keras_vit.errors import KerasViTError
 
-    parser = argparse.ArgumentParser(prog="python -m keras_vit.export")
-    add_arguments(parser)
-    parser.add_argument("--report-json", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-input-dtype", default="uint8", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m keras_vit.export JOB.json (the export's child process; use keras-vit export)",
+              file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    report_file = Path(job["report"])
     try:
-        report = run_export(args)
+        from keras_vit.export.onnx import export_onnx
+        from keras_vit.export.options import ExportOptions
+        from keras_vit.export.saved_model import export_saved_model
+
+        options = ExportOptions(**job["options"])
+        export = export_onnx if options.format == "onnx" else export_saved_model
+        report = export(job["model"], job["output"], options)
     except KerasViTError as err:
-        if args.report_json is None:
-            print(f"error: {err}", file=sys.stderr)
-        else:
-            args.report_json.write_text(json.dumps({"error": str(err), "exit_code": err.exit_code}))
+        report_file.write_text(json.dumps({"error": str(err), "exit_code": err.exit_code}))
         return err.exit_code
     except Exception as err:
         message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-        if args.report_json is not None:
-            args.report_json.write_text(json.dumps({"error": message, "exit_code": 1}))
+        report_file.write_text(json.dumps({"error": message, "exit_code": 1}))
         print(f"error: {message}", file=sys.stderr)
         return 1
-    if args.report_json is None:
-        print("\n".join(report.summary_lines()))
-    else:
-        args.report_json.write_text(json.dumps(report.to_dict()))
+    report_file.write_text(json.dumps(report.to_dict()))
     return 0
 
 

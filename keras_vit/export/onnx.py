@@ -1,35 +1,89 @@
 """``to_onnx``: a Keras ViT (or plain image classifier) to a verified ONNX file with metadata.
 
-Steps, each its own module so that later passes can replace one of them:
-prepare (load, describe, verify data, Keras logits) -> convert (tf2onnx) -> check inputs/outputs and
-parity -> optimize (optional) -> quantize (optional) -> metadata -> write to a temporary name, verify
-the written file again, rename into place.
+Steps: prepare (load, describe, verify data, Keras logits) -> convert (tf2onnx) -> check inputs/outputs
+and parity -> optimize (optional, :mod:`.optimize`) -> quantize (optional) -> metadata -> write to a
+temporary name, verify the written file again, rename into place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from pathlib import Path
 
-from keras_vit.export import backend as _backend
-from keras_vit.export.atomic import atomic_output, check_output_folder
-from keras_vit.export.convert import DEFAULT_OPSET, check_opset, convert_to_onnx
-from keras_vit.export.errors import ExportVerificationError
-from keras_vit.export.metadata import build_metadata, set_onnx_metadata
-from keras_vit.export.report import ExportReport
-from keras_vit.export.signature import input_dtype_for, output_names
-from keras_vit.export.source import check_model_path, check_quantize, default_output, is_path, prepare
+from keras_vit.errors import KerasViTError
+from keras_vit.export import tf_subprocess
+from keras_vit.export.options import DEFAULT_OPSET, ExportOptions, check_opset
+from keras_vit.export.report import ExportReport, build_metadata, set_onnx_metadata
+from keras_vit.export.source import (
+    ModelDescription,
+    check_model_path,
+    default_output,
+    describe_model,
+    is_path,
+    prepare,
+    serving_function,
+)
 from keras_vit.export.verify import (
     INT8_MIN_AGREEMENT,
     PARITY_TOLERANCE,
+    ExportVerificationError,
     check_graph_io,
     keras_logits,
+    load_verify_data,
+    max_abs_diff,
     onnx_parity,
     ort_session,
+    parity_indices,
+    require_parity,
     run_onnx,
     top1_agreement,
 )
+from keras_vit.io import atomic_output, check_output_folder
+
+# --------------------------------------------------------------------------------------------------
+# Keras -> ONNX with tf2onnx
+
+
+def convert_to_onnx(
+    model,
+    info: ModelDescription,
+    *,
+    opset: int = DEFAULT_OPSET,
+    include_preprocessing: bool = False,
+    include_probabilities: bool = False,
+    raw_input_dtype: str = "uint8",
+):
+    """Convert ``model`` to an ``onnx.ModelProto`` (requires the TensorFlow backend)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise KerasViTError("ONNX conversion needs the TensorFlow backend (use keras_vit.export.to_onnx).")
+    opset = check_opset(opset)
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    function, spec = serving_function(
+        model, info, include_preprocessing=include_preprocessing,
+        include_probabilities=include_probabilities, raw_input_dtype=raw_input_dtype,
+    )
+    # The full last block: the fusion recognises its attention and prunes it to the class token itself.
+    every_token = model.every_token() if hasattr(model, "every_token") else contextlib.nullcontext()
+    try:
+        with every_token:
+            model_proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    except KerasViTError:
+        raise
+    except Exception as err:
+        raise KerasViTError(f"tf2onnx could not convert the model: {' '.join(str(err).split())[:300]}") from None
+    model_proto.doc_string = f"{info.name} exported by keras-vit"
+    return model_proto
+
+
+# --------------------------------------------------------------------------------------------------
+# The ONNX pipeline
 
 
 def to_onnx(
@@ -49,43 +103,49 @@ def to_onnx(
 
     The file has one input ``images`` (``[N, H, W, C]``, float32; raw pixels of ``raw_input_dtype``
     with ``include_preprocessing``), output ``logits`` (and ``probabilities``), and keras-vit metadata
-    (:mod:`keras_vit.export.metadata`). It is written only after it matched the Keras model on real
+    (:mod:`keras_vit.export.report`). It is written only after it matched the Keras model on real
     images (max abs logit diff <= ``tolerance``; top-1 agreement >= 99 % for ``quantize="int8"``).
     ``path`` defaults to ``MODEL.onnx`` (``MODEL.int8.onnx``) beside a ``.keras`` path. Works from any
     Keras backend: under JAX or PyTorch the conversion runs in a TensorFlow subprocess.
 
     Raises :class:`~keras_vit.errors.UserInputError` (exit 2) for bad input and
-    :class:`~keras_vit.export.errors.ExportVerificationError` (exit 1) when the file would not match.
+    :class:`~keras_vit.export.verify.ExportVerificationError` (exit 1) when the file would not match.
     """
+    options = ExportOptions(
+        format="onnx", opset=opset, include_preprocessing=include_preprocessing, optimize=optimize,
+        quantize=quantize, verify_data=verify_data, include_probabilities=include_probabilities,
+        raw_input_dtype=raw_input_dtype, verify_limit=verify_limit, tolerance=tolerance,
+    )
+    return export_onnx(model_or_path, path, options)
+
+
+def export_onnx(model_or_path, path: str | os.PathLike | None, options: ExportOptions) -> ExportReport:
+    """:func:`to_onnx` with its options as one :class:`~keras_vit.export.options.ExportOptions`."""
     start = time.perf_counter()
-    opset = check_opset(opset)
-    quantize = check_quantize(quantize)
-    input_dtype = input_dtype_for(include_preprocessing, raw_input_dtype)
+    options = options.checked()
+    opset, quantize, tolerance = options.opset, options.quantize, options.tolerance
+    include_preprocessing, input_dtype = options.include_preprocessing, options.input_dtype
     check_model_path(model_or_path)
     output = check_output_folder(path if path is not None else default_output(model_or_path, "onnx", quantize))
-    if _backend.needs_subprocess():
-        options = dict(opset=opset, include_preprocessing=include_preprocessing, optimize=optimize,
-                       quantize=quantize, verify_data=verify_data, include_probabilities=include_probabilities,
-                       raw_input_dtype=raw_input_dtype if include_preprocessing else None)
-        check = None if is_path(model_or_path) or quantize else _source_check(
-            model_or_path, verify_data, include_preprocessing, raw_input_dtype, tolerance)
-        report = _backend.export_in_subprocess("onnx", model_or_path, output, options, check=check)
+    if tf_subprocess.needs_subprocess():
+        check = None if is_path(model_or_path) or quantize else _source_check(model_or_path, options)
+        report = tf_subprocess.export_in_subprocess(model_or_path, output, options, check=check)
         report.seconds = time.perf_counter() - start
         return report
 
-    prepared = prepare(model_or_path, verify_data, verify_limit)
+    prepared = prepare(model_or_path, options.verify_data, options.verify_limit)
     info, data = prepared.info, prepared.data
-    outputs = output_names(include_probabilities)
+    outputs = options.outputs
     feed = prepared.feed(include_preprocessing, input_dtype)
     parity_feed = feed[prepared.parity_index]
 
     proto = convert_to_onnx(prepared.model, info, opset=opset, include_preprocessing=include_preprocessing,
-                            include_probabilities=include_probabilities, raw_input_dtype=input_dtype)
+                            include_probabilities=options.include_probabilities, raw_input_dtype=input_dtype)
     check_graph_io(proto, outputs)
     float_parity = onnx_parity(ort_session(proto.SerializeToString()), parity_feed, prepared.reference, tolerance)
 
     optimization = None
-    if optimize:
+    if options.optimize:
         from keras_vit.export.optimize import choose_graph, optimize_graph
 
         proto, optimization = choose_graph(proto, optimize_graph(proto, info), parity_feed, prepared.reference)
@@ -95,7 +155,7 @@ def to_onnx(
 
     quantization, float_logits = None, None
     if quantize:
-        from keras_vit.export.quantize import quantize_int8
+        from keras_vit.export.optimize import quantize_int8
 
         float_logits = run_onnx(ort_session(proto.SerializeToString()), feed)["logits"]
         proto, quantization = quantize_int8(proto, feed, float_logits, data.labels)
@@ -142,23 +202,18 @@ def _verify_file(path: Path, outputs, parity_feed, reference, feed, float_logits
     return {"agreement": agreement}
 
 
-def _source_check(model, verify_data, include_preprocessing, raw_input_dtype, tolerance):
+def _source_check(model, options: ExportOptions):
     """For an in-memory model under JAX/PyTorch: compare the child's float ONNX with this process's model."""
 
     def check(temporary: Path, report: ExportReport) -> None:
-        from keras_vit.export.model_info import describe_model
-        from keras_vit.export.verify import max_abs_diff, parity_indices, require_parity
-        from keras_vit.export.verify_data import load_verify_data
-
         info = describe_model(model)
-        data = load_verify_data(verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
+        data = load_verify_data(options.verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
         index = parity_indices(len(data))
-        feed = data.feed(include_preprocessing, input_dtype_for(include_preprocessing, raw_input_dtype))[index]
+        feed = data.feed(options.include_preprocessing, options.input_dtype)[index]
         logits = run_onnx(ort_session(temporary), feed)["logits"]
         diff = max_abs_diff(logits, keras_logits(model, data.inputs[index]))
-        require_parity(diff, tolerance)
-        report.source_parity = {"backend": _backend.current_backend(), "max_abs_diff": diff,
-                                "samples": int(len(index)), "tolerance": tolerance}
+        require_parity(diff, options.tolerance)
+        report.source_parity = {"backend": tf_subprocess.current_backend(), "max_abs_diff": diff,
+                                "samples": int(len(index)), "tolerance": options.tolerance}
 
     return check
-

@@ -1,12 +1,124 @@
-"""What an export did and checked, for people (``summary_lines``) and programs (``to_dict``)."""
+"""What an export wrote and checked: the report (:class:`ExportReport`) and the file's keras-vit metadata.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from keras_vit.errors import UserInputError
 from keras_vit.export.verify import format_tolerance
+
+# --------------------------------------------------------------------------------------------------
+# keras-vit metadata in ONNX files and SavedModels
+
+
+#: Name of the metadata file written inside a SavedModel directory.
+SAVED_MODEL_METADATA_FILE = "keras_vit_metadata.json"
+
+#: The keys other tools may rely on.
+REQUIRED_KEYS = (
+    "class_names", "image_size", "channels", "preprocessing", "input_dtype", "preset",
+    "keras_vit_version", "opset",
+)
+_TEXT_KEYS = {"input_dtype", "preset", "keras_vit_version", "format"}
+
+
+def build_metadata(
+    info,
+    *,
+    export_format: str,
+    opset: int | None,
+    include_preprocessing: bool = False,
+    input_dtype: str = "float32",
+    outputs: tuple[str, ...] = ("logits",),
+) -> dict[str, Any]:
+    """The metadata dict (typed values) for a model described by a ``ModelDescription``."""
+    from keras_vit import __version__
+
+    return {
+        "class_names": list(info.class_names),
+        "image_size": [int(info.image_size[0]), int(info.image_size[1])],
+        "channels": int(info.channels),
+        "preprocessing": {} if include_preprocessing else dict(info.preprocessing),
+        "input_dtype": input_dtype,
+        "preset": info.preset,
+        "keras_vit_version": __version__,
+        "opset": opset,
+        "num_classes": int(info.num_classes),
+        "outputs": list(outputs),
+        "format": export_format,
+    }
+
+
+def encode_props(metadata: dict[str, Any]) -> dict[str, str]:
+    """Typed metadata -> ONNX ``metadata_props`` strings."""
+    out = {}
+    for key, value in metadata.items():
+        if key in _TEXT_KEYS:
+            out[key] = "" if value is None else str(value)
+        else:
+            out[key] = json.dumps(value)
+    return out
+
+
+def decode_props(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX ``metadata_props`` strings -> typed metadata (the inverse of :func:`encode_props`)."""
+    out: dict[str, Any] = {}
+    for key, text in props.items():
+        if key in _TEXT_KEYS:
+            out[key] = text if (text or key != "preset") else None
+        else:
+            try:
+                out[key] = json.loads(text)
+            except json.JSONDecodeError:
+                out[key] = text
+    return out
+
+
+def set_onnx_metadata(model_proto, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into an ``onnx.ModelProto``'s ``metadata_props`` (replacing same-named keys)."""
+    props = encode_props(metadata)
+    kept = [p for p in model_proto.metadata_props if p.key not in props]
+    del model_proto.metadata_props[:]
+    for prop in kept:
+        model_proto.metadata_props.add(key=prop.key, value=prop.value)
+    for key, value in props.items():
+        model_proto.metadata_props.add(key=key, value=value)
+
+
+def write_saved_model_metadata(directory: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write ``keras_vit_metadata.json`` inside a SavedModel directory; returns its path."""
+    path = Path(directory) / SAVED_MODEL_METADATA_FILE
+    path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the metadata of an exported ONNX file or SavedModel directory (typed values)."""
+    path = Path(path)
+    if path.is_dir():
+        meta_file = path / SAVED_MODEL_METADATA_FILE
+        if not meta_file.is_file():
+            raise UserInputError(f"{path} has no {SAVED_MODEL_METADATA_FILE}: not a keras-vit SavedModel export.")
+        return json.loads(meta_file.read_text(encoding="utf-8"))
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist.")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise UserInputError(f"{path} is not a readable ONNX file: {err}") from None
+    return decode_props({p.key: p.value for p in model.metadata_props})
+
+
+# --------------------------------------------------------------------------------------------------
+# The export report
 
 
 def _size(n: int | None) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import time
 
-from keras_vit.export import backend as _backend
-from keras_vit.export.atomic import atomic_output, check_output_folder
-from keras_vit.export.metadata import build_metadata, write_saved_model_metadata
-from keras_vit.export.report import ExportReport
-from keras_vit.export.signature import input_dtype_for, output_names, serving_function
-from keras_vit.export.source import check_model_path, default_output, prepare
+from keras_vit.export import tf_subprocess
+from keras_vit.export.options import ExportOptions
+from keras_vit.export.report import ExportReport, build_metadata, write_saved_model_metadata
+from keras_vit.export.source import (
+    check_model_path,
+    default_output,
+    prepare,
+    serving_function,
+)
 from keras_vit.export.verify import (
     PARITY_TOLERANCE,
     max_abs_diff,
@@ -25,6 +28,7 @@ from keras_vit.export.verify import (
     saved_model_outputs,
     split_batches,
 )
+from keras_vit.io import atomic_output, check_output_folder
 from keras_vit.preprocessing import softmax
 
 
@@ -44,26 +48,35 @@ def to_saved_model(
     after its ``serving_default`` matched the Keras model on real images (max abs logit diff <=
     ``tolerance``). Under JAX or PyTorch the export runs in a TensorFlow subprocess.
     """
+    options = ExportOptions(
+        format="saved_model", include_preprocessing=include_preprocessing, verify_data=verify_data,
+        include_probabilities=include_probabilities, raw_input_dtype=raw_input_dtype,
+        verify_limit=verify_limit, tolerance=tolerance,
+    )
+    return export_saved_model(model_or_path, path, options)
+
+
+def export_saved_model(model_or_path, path: str | os.PathLike | None, options: ExportOptions) -> ExportReport:
+    """:func:`to_saved_model` with its options as one :class:`~keras_vit.export.options.ExportOptions`."""
     start = time.perf_counter()
-    input_dtype = input_dtype_for(include_preprocessing, raw_input_dtype)
+    options = options.checked()
+    include_preprocessing, input_dtype = options.include_preprocessing, options.input_dtype
+    tolerance = options.tolerance
     check_model_path(model_or_path)
     output = check_output_folder(path if path is not None else default_output(model_or_path, "saved_model"))
-    if _backend.needs_subprocess():
-        options = dict(include_preprocessing=include_preprocessing, verify_data=verify_data,
-                       include_probabilities=include_probabilities,
-                       raw_input_dtype=raw_input_dtype if include_preprocessing else None)
-        report = _backend.export_in_subprocess("saved_model", model_or_path, output, options)
+    if tf_subprocess.needs_subprocess():
+        report = tf_subprocess.export_in_subprocess(model_or_path, output, options)
         report.seconds = time.perf_counter() - start
         return report
 
     import keras
 
-    prepared = prepare(model_or_path, verify_data, verify_limit)
+    prepared = prepare(model_or_path, options.verify_data, options.verify_limit)
     info = prepared.info
-    outputs = output_names(include_probabilities)
+    outputs = options.outputs
     feed = prepared.feed(include_preprocessing, input_dtype)[prepared.parity_index]
     function, _ = serving_function(prepared.model, info, include_preprocessing=include_preprocessing,
-                                   include_probabilities=include_probabilities, raw_input_dtype=input_dtype)
+                                   include_probabilities=options.include_probabilities, raw_input_dtype=input_dtype)
     metadata = build_metadata(info, export_format="saved_model", opset=None,
                               include_preprocessing=include_preprocessing, input_dtype=input_dtype, outputs=outputs)
     with atomic_output(output, directory=True) as temporary:

@@ -1,35 +1,215 @@
-"""Shared first steps of every export: option checks, output path, the model and its verify data."""
+"""The model being exported: loading and describing it, the serving function, the shared first steps.
+
+A ``.keras`` file is opened in Keras' safe mode after checks that give one clear sentence for a missing,
+non-``.keras`` or corrupt file; :func:`describe_model` says what the exporters need (image size,
+channels, classes, preprocessing); :func:`serving_function` is the ``tf.function`` both exporters
+convert; :func:`prepare` loads the model, its verify images and Keras' reference logits.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from keras_vit.errors import UserInputError
-from keras_vit.export.model_info import ModelDescription, describe_model, load_keras_model
-from keras_vit.export.verify import keras_logits, parity_indices
-from keras_vit.export.verify_data import VerifyData, load_verify_data
+from keras_vit.export.options import input_dtype_for
+from keras_vit.export.verify import VerifyData, keras_logits, load_verify_data, parity_indices
+from keras_vit.preprocessing import per_channel
 
-FORMATS = ("onnx", "saved_model")
-QUANTIZATIONS = ("int8",)
-
-
-def check_format(export_format: str) -> str:
-    if export_format not in FORMATS:
-        raise UserInputError(f"unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}.")
-    return export_format
+# --------------------------------------------------------------------------------------------------
+# Loading and describing the model
 
 
-def check_quantize(quantize: str | None) -> str | None:
-    if quantize is None:
-        return None
-    value = str(quantize).lower()
-    if value not in QUANTIZATIONS:
-        raise UserInputError(f"unknown quantization {quantize!r}: the only one supported is int8.")
-    return value
+@dataclass
+class ModelDescription:
+    """What the exporters need from a model: its input geometry, classes and preprocessing.
+
+    ``is_vit`` is false for a plain Keras image classifier exported generically; its preprocessing is
+    then unknown and recorded as the identity on raw pixels (``scale`` 1, ``mean`` 0, ``std`` 1).
+    """
+
+    image_size: tuple[int, int]
+    channels: int
+    num_classes: int
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    preset: str | None
+    is_vit: bool
+    name: str = "model"
+    num_heads: int = 0
+    hidden_dim: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image."""
+        return (*self.image_size, self.channels)
+
+
+def load_keras_model(path: str | os.PathLike):
+    """Load a ``.keras`` file in Keras' safe mode, with keras-vit's layers registered.
+
+    Raises :class:`UserInputError` (exit 2) with one sentence for a missing, non-``.keras``, corrupt or
+    unloadable file.
+    """
+    import keras
+
+    import keras_vit  # noqa: F401  (registers the serializable layers and model)
+
+    path = Path(path).expanduser()
+    check_model_path(path)
+    if not zipfile.is_zipfile(path):
+        raise UserInputError(f"{path} is not a valid .keras file (not a zip archive): it is truncated or corrupt.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types here (ValueError, TypeError, KeyError, OSError...)
+        foreign = foreign_classes(path)
+        if foreign:
+            raise UserInputError(
+                f"{path} is not a keras-vit model: it uses custom classes that Keras cannot rebuild without "
+                f"their code ({', '.join(foreign[:5])})."
+            ) from None
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise UserInputError(f"{path} could not be loaded as a Keras model (corrupt .keras?): {reason}") from None
+
+
+def foreign_classes(path: str | os.PathLike) -> list[str]:
+    """Classes in a ``.keras`` config that come neither from Keras nor from keras-vit (sorted names)."""
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except Exception:
+        return []
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and "class_name" in node and module.split(".")[0] not in ("keras", "keras_vit"):
+                found.add(str(node.get("registered_name") or f"{module}.{node['class_name']}"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return sorted(found)
+
+
+def describe_model(model) -> ModelDescription:
+    """A :class:`ModelDescription` for a keras-vit ``VisionTransformer`` or a plain image classifier.
+
+    A plain classifier must have one 4-D input ``(batch, H, W, C)`` with known ``H, W, C`` and one 2-D
+    output; anything else raises :class:`UserInputError`.
+    """
+    from keras_vit.model import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        names = model.class_names or [str(i) for i in range(model.num_classes)]
+        return ModelDescription(
+            image_size=tuple(int(s) for s in model.image_size),
+            channels=int(model.channels),
+            num_classes=int(model.num_classes),
+            class_names=[str(n) for n in names],
+            preprocessing=_plain_preprocessing(model.preprocessing, model.channels),
+            preset=model.preset,
+            is_vit=True,
+            name=model.name,
+            num_heads=int(model.num_heads),
+            hidden_dim=int(model.hidden_dim),
+        )
+    return _describe_generic(model)
+
+
+def _plain_preprocessing(preprocessing: dict[str, Any], channels: int) -> dict[str, Any]:
+    """``{"scale": float, "mean": [C floats], "std": [C floats]}`` with one value per channel."""
+    return per_channel(preprocessing, channels, default_scale=1.0)
+
+
+def _describe_generic(model) -> ModelDescription:
+    kind = type(model).__name__
+    inputs = getattr(model, "inputs", None) or []
+    outputs = getattr(model, "outputs", None) or []
+    not_vit = f"the model ({kind}) is not a keras-vit VisionTransformer"
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserInputError(
+            f"{not_vit}, nor a plain image classifier with one image input and one output "
+            f"(it has {len(inputs)} inputs and {len(outputs)} outputs)."
+        )
+    in_shape, out_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
+    if len(in_shape) != 4 or any(s is None for s in in_shape[1:]) or len(out_shape) != 2 or out_shape[1] is None:
+        raise UserInputError(
+            f"{not_vit}, nor a plain image classifier: expected one (batch, height, width, channels) input "
+            f"and (batch, classes) output, got {in_shape} -> {out_shape}."
+        )
+    _, height, width, channels = (int(s) if s is not None else None for s in in_shape)
+    num_classes = int(out_shape[1])
+    return ModelDescription(
+        image_size=(height, width),
+        channels=channels,
+        num_classes=num_classes,
+        class_names=[str(i) for i in range(num_classes)],
+        preprocessing={"scale": 1.0, "mean": [0.0] * channels, "std": [1.0] * channels},
+        preset=None,
+        is_vit=False,
+        name=getattr(model, "name", "model"),
+        warnings=[
+            f"{not_vit}: exported as a generic image classifier; its preprocessing is unknown and "
+            "recorded as raw pixels (scale 1, mean 0, std 1)."
+        ],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The serving function both exporters convert
+
+
+def serving_function(
+    model,
+    info: ModelDescription,
+    *,
+    include_preprocessing: bool = False,
+    include_probabilities: bool = False,
+    raw_input_dtype: str = "uint8",
+):
+    """A ``tf.function`` with input signature ``TensorSpec([None, H, W, C], dtype, name="images")``.
+
+    Returns ``(function, input_signature)``; the function returns a dict ``{"logits": ...}`` (plus
+    ``"probabilities"``, the softmax of the logits, when asked), which names the graph outputs.
+    """
+    import tensorflow as tf
+
+    from keras_vit.preprocessing import channel_constants, normalize
+
+    dtype = input_dtype_for(include_preprocessing, raw_input_dtype)
+    height, width = info.image_size
+    spec = (tf.TensorSpec([None, height, width, info.channels], tf.as_dtype(dtype), name="images"),)
+    scale, mean, std = channel_constants(info.preprocessing, info.channels)
+
+    @tf.function(input_signature=spec, autograph=False)
+    def serve(images):
+        x = images
+        if include_preprocessing:
+            x = normalize(tf.cast(x, tf.float32), scale, mean, std)
+        logits = tf.cast(model(x, training=False), tf.float32)
+        outputs = {"logits": tf.identity(logits, name="logits")}
+        if include_probabilities:
+            outputs["probabilities"] = tf.nn.softmax(logits, axis=-1, name="probabilities")
+        return outputs
+
+    return serve, spec
+
+
+# --------------------------------------------------------------------------------------------------
+# The model to export: option checks, output path, preparation
 
 
 def default_output(model_or_path, export_format: str, quantize: str | None = None) -> Path:
@@ -47,7 +227,7 @@ def is_path(model_or_path) -> bool:
 
 
 def check_model_path(model_or_path) -> None:
-    """Fail before any work when a model path is missing, not a ``.keras`` or not a zip archive."""
+    """Fail before any work when a model path is missing or not a ``.keras`` file (in-memory models pass)."""
     if not is_path(model_or_path):
         return
     path = Path(model_or_path).expanduser()

@@ -1,19 +1,48 @@
-"""Checking an exported file against the Keras model on real images.
+"""Verification of an exported graph against Keras, the real images it is checked on, and its errors.
 
-Float32 exports must match the Keras logits to ``PARITY_TOLERANCE`` (max abs difference) on a batch
-run as sub-batches of 17, 1 and the rest (which also proves the dynamic batch axis); INT8 exports must
-agree with the float model's top-1 on at least ``INT8_MIN_AGREEMENT`` of the verify images.
+Parity: the max abs logit difference on a fixed sample of the verify images, over batch sizes 17, 1 and
+the rest, must stay <= 1e-4; INT8 files instead need >= 99 % top-1 agreement with the float graph.
+The onnxruntime session set-up of the library lives here (:func:`ort_session`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from keras_vit.export.errors import ExportVerificationError, KerasViTError
-from keras_vit.preprocessing import softmax
+from keras_vit.datasets import DATA_ENV, NAMED_DATASETS, load_dataset
+from keras_vit.errors import KerasViTError, UserInputError
+from keras_vit.preprocessing import convert_channels, preprocess, resize_images, softmax
+
+# --------------------------------------------------------------------------------------------------
+# Errors and exit codes
+
+
+__all__ = ["ExportVerificationError", "KerasViTError", "UserInputError", "error_from_exit_code"]
+
+
+class ExportVerificationError(KerasViTError):
+    """The exported file does not compute what the Keras model computes (exit code 1); no file is left."""
+
+    exit_code = 1
+
+
+def error_from_exit_code(message: str, exit_code: int) -> KerasViTError:
+    """Rebuild the error a child export process reported, keeping its message and exit code."""
+    if exit_code == UserInputError.exit_code:
+        return UserInputError(message)
+    if message.startswith("export does not match") or "agreement" in message:
+        return ExportVerificationError(message)
+    return KerasViTError(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks of an exported graph against Keras
+
 
 PARITY_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
@@ -39,8 +68,14 @@ def split_batches(count: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def ort_session(model: bytes | str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session for an ONNX file or serialized model; :class:`KerasViTError` if it fails."""
+def ort_session(model: bytes | str | os.PathLike, threads: int | None = None,
+                optimized_model_path: str | os.PathLike | None = None):
+    """An onnxruntime CPU session for an ONNX file or serialized model; :class:`KerasViTError` if it fails.
+
+    The library's one onnxruntime set-up. ``threads`` pins the intra-op threads (timing);
+    ``optimized_model_path`` makes onnxruntime write the graph it runs there, after its extended
+    (offline-safe) optimisations (``--optimize``).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -48,6 +83,9 @@ def ort_session(model: bytes | str | os.PathLike, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if optimized_model_path is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized_model_path)
     source = model if isinstance(model, bytes) else str(Path(model))
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -153,3 +191,134 @@ def saved_model_outputs(path: str | os.PathLike, feed: np.ndarray) -> dict[str, 
                 raise KerasViTError(f"SavedModel output {name} has batch {value.shape[0]} for {stop - start} images.")
             parts.setdefault(name, []).append(value.numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Real images to verify on
+
+
+PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mnist_sample.npz"
+DATASETS = {
+    "mnist": "mnist/mnist.npz",
+    "fashion_mnist": "fashion_mnist/fashion_mnist.npz",
+    "cifar10": "cifar10_jpeg/cifar10_jpeg.npz",
+    "usps": "usps/usps_holdout.npz",
+}
+_IMAGE_KEYS = ("x_test", "x", "images")
+_LABEL_KEYS = ("y_test", "y", "labels")
+
+
+@dataclass
+class VerifyData:
+    """Images in the model's ``(N, H, W, C)`` shape.
+
+    ``raw`` holds uint8 pixels (``None`` when the data came as float model inputs), ``inputs`` the
+    float32 model inputs, ``labels`` the integer labels if known.
+    """
+
+    raw: np.ndarray | None
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def feed(self, include_preprocessing: bool, raw_input_dtype: str = "uint8") -> np.ndarray:
+        """What the exported graph takes: raw pixels when preprocessing is inside, else model inputs."""
+        if not include_preprocessing:
+            return self.inputs
+        if self.raw is None:
+            raise UserInputError(
+                "--include-preprocessing needs raw integer pixels in --verify-data, got float model inputs."
+            )
+        return self.raw.astype(raw_input_dtype)
+
+
+def resolve_dataset(name: str) -> Path | str:
+    """The ``.npz`` file for a path, or the dataset name to load; :class:`UserInputError` if there is none.
+
+    ``mnist``, ``fashion_mnist`` and ``cifar10`` are returned as names and loaded by
+    :func:`keras_vit.datasets.load_dataset` (``$KERAS_VIT_DATA``, else Keras' own dataset cache or
+    download); ``usps`` has no Keras loader and is looked up as ``usps/usps_holdout.npz`` under
+    ``$KERAS_VIT_DATA``.
+    """
+    if name == "mnist_sample":
+        return PACKAGED_SAMPLE
+    candidate = Path(name).expanduser()
+    if name.endswith(".npz") or candidate.is_file():
+        if not candidate.is_file():
+            raise UserInputError(f"verify data file {candidate} does not exist.")
+        return candidate
+    if name not in DATASETS:
+        raise UserInputError(
+            f"unknown verify data {name!r}: give an .npz file or one of {', '.join([*DATASETS, 'mnist_sample'])}."
+        )
+    if name in NAMED_DATASETS:
+        return name
+    root = os.environ.get(DATA_ENV)
+    if root and (Path(root) / DATASETS[name]).is_file():
+        return Path(root) / DATASETS[name]
+    where = f"${DATA_ENV} is {root}" if root else f"${DATA_ENV} is not set"
+    raise UserInputError(
+        f"dataset {name!r} not found: it is read from {DATASETS[name]} under ${DATA_ENV} ({where}); "
+        "or give the path of an .npz file."
+    )
+
+
+def _read_images(path: Path | str, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``limit`` test images (and labels, if any) of a named dataset or an ``.npz`` file."""
+    if isinstance(path, str):  # a named dataset: the library's loader and its error messages
+        dataset = load_dataset(path)
+        return np.asarray(dataset.x_test[:limit]), np.asarray(dataset.y_test[:limit]).astype("int64")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            image_key = next((k for k in _IMAGE_KEYS if k in data.files), None)
+            if image_key is None:
+                raise UserInputError(f"{path} has no images under any of {', '.join(_IMAGE_KEYS)}.")
+            images = np.asarray(data[image_key][:limit])
+            label_key = next((k for k in _LABEL_KEYS if k in data.files), None)
+            labels = np.asarray(data[label_key][:limit]).reshape(-1).astype("int64") if label_key else None
+    except UserInputError:
+        raise
+    except Exception as err:
+        raise UserInputError(f"could not read verify data {path}: {err}") from None
+    return images, labels
+
+
+def load_verify_data(
+    source: str | os.PathLike | None,
+    image_size: tuple[int, int],
+    channels: int,
+    preprocessing: dict[str, Any],
+    limit: int = 1000,
+) -> VerifyData:
+    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped."""
+    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source))
+    images, labels = _read_images(path, limit)
+    if len(images) == 0:
+        raise UserInputError(f"verify data {path} holds no images.")
+    description = f"{len(images)} images from {PACKAGED_SAMPLE.name if source is None else source}"
+    is_raw = np.issubdtype(images.dtype, np.integer)
+    images = _to_nhwc(images.astype("float32"), path)
+    changed = images.shape[1:] != (*image_size, channels)
+    images = _match_shape(images, image_size, channels)
+    if changed:
+        description += f" resized to {image_size[0]}x{image_size[1]}x{channels}"
+    if is_raw:
+        raw = np.clip(np.rint(images), 0, 255).astype("uint8")
+        return VerifyData(raw, preprocess(raw, preprocessing), labels, description)
+    return VerifyData(None, images.astype("float32"), labels, description + " (float model inputs)")
+
+
+def _to_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
+    if images.ndim == 3:
+        return images[..., None]
+    if images.ndim != 4:
+        raise UserInputError(f"verify data {path} has images of shape {images.shape}: expected (N, H, W[, C]).")
+    return images
+
+
+def _match_shape(images: np.ndarray, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Resize and convert grayscale <-> colour to the model's input shape (:mod:`keras_vit.preprocessing`)."""
+    return convert_channels(resize_images(images, tuple(image_size)), channels)

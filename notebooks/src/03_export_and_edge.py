@@ -37,7 +37,7 @@ import keras_vit
 from keras_vit.datasets import load_dataset, preprocess
 from keras_vit.errors import UserInputError
 from keras_vit.export import ExportVerificationError, read_metadata, to_onnx, to_saved_model
-from keras_vit.export.timing import time_calls
+from keras_vit.export.optimize import time_calls
 from keras_vit.training import TrainConfig, fit, set_seed
 
 tf.get_logger().setLevel("ERROR")  # no "Assets written" / retracing chatter in the outputs

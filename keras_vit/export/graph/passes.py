@@ -1,6 +1,6 @@
 """Elementwise and normalisation fusions on a tf2onnx graph of a Keras ViT.
 
-Each pass takes a :class:`~keras_vit.export.graph_edit.GraphEditor`, rewrites every match it finds,
+Each pass takes a :class:`~keras_vit.export.graph.edit.GraphEditor`, rewrites every match it finds,
 and returns how many it rewrote. Every pattern is checked down to its constants (axes, epsilon, the
 GELU coefficients), so a pass leaves anything it does not fully recognise untouched.
 """
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from keras_vit.export.graph_edit import MS_DOMAIN, GraphEditor
+from keras_vit.export.graph.edit import MS_DOMAIN, GraphEditor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 

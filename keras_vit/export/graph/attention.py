@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_vit.export.graph_edit import MS_DOMAIN, GraphEditor
+from keras_vit.export.graph.edit import MS_DOMAIN, GraphEditor
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Keras fixes its backend when it is first imported, and the conversion needs TensorFlow. When the
 calling process runs another backend, the model is saved as ``.keras`` (if it is not a path already)
-and ``python -m keras_vit.export`` converts it in a child process with ``KERAS_BACKEND=tensorflow``,
+and ``python -m keras_vit.export JOB.json`` converts it in a child process with ``KERAS_BACKEND=tensorflow``,
 writing to a temporary name beside the output; the child verifies the file against the TensorFlow
 reload, then the parent (for ONNX) checks it against its own in-memory model and renames it into place.
 """
@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from keras_vit.errors import KerasViTError
-from keras_vit.export.atomic import atomic_output
-from keras_vit.export.errors import error_from_exit_code
+from keras_vit.export.options import ExportOptions
 from keras_vit.export.report import ExportReport
+from keras_vit.export.verify import error_from_exit_code
+from keras_vit.io import atomic_output
 
 CHILD_ENV = "KERAS_VIT_EXPORT_CHILD"
 
@@ -38,28 +39,14 @@ def needs_subprocess() -> bool:
     return backend != "tensorflow"
 
 
-def child_arguments(options: dict) -> list[str]:
-    """Command-line flags of ``python -m keras_vit.export`` for the keyword options of an export."""
-    args: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            args.append(flag)
-        else:
-            if key == "verify_data" and Path(str(value)).is_file():
-                value = str(Path(str(value)).absolute())
-            args.extend([flag, str(value)])
-    return args
-
-
-def export_in_subprocess(export_format: str, model_or_path, output: Path, options: dict,
-                         check=None) -> ExportReport:
+def export_in_subprocess(model_or_path, output: Path, options: ExportOptions, check=None) -> ExportReport:
     """Export in a TensorFlow child process to a temporary name beside ``output``, then move it there.
 
-    ``check(temporary_path, report)``, if given, runs in this process before the rename and may raise.
+    The child gets one JSON job file: the model path, the temporary output, where to write its report,
+    and ``options`` (:meth:`ExportOptions.to_json`). ``check(temporary_path, report)``, if given, runs in
+    this process before the rename and may raise.
     """
+    export_format = options.format
     with tempfile.TemporaryDirectory(prefix="keras_vit_export_") as tmp:
         if isinstance(model_or_path, (str, os.PathLike)):
             model_path = Path(model_or_path).absolute()
@@ -68,10 +55,12 @@ def export_in_subprocess(export_format: str, model_or_path, output: Path, option
             model_or_path.save(model_path)
         report_file = Path(tmp) / "report.json"
         with atomic_output(output, directory=export_format == "saved_model") as temporary:
-            command = [
-                sys.executable, "-m", "keras_vit.export", str(model_path), "--format", export_format,
-                "--output", str(temporary), "--report-json", str(report_file), *child_arguments(options),
-            ]
+            job = Path(tmp) / "job.json"
+            job.write_text(json.dumps({
+                "model": str(model_path), "output": str(temporary), "report": str(report_file),
+                "options": options.for_another_process().to_dict(),
+            }))
+            command = [sys.executable, "-m", "keras_vit.export", str(job)]
             env = {**os.environ, "KERAS_BACKEND": "tensorflow", CHILD_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             result = json.loads(report_file.read_text()) if report_file.is_file() else None

@@ -5,10 +5,10 @@ Keras model and leaves its LayerNorms decomposed, so :func:`fuse_vit` does it, p
 
 1. ``Dense`` on tokens (TensorFlow ``tensordot``: reshape, 2-D MatMul, reshape back) -> one ``MatMul``;
 2. Keras' decomposed LayerNorm -> ``LayerNormalization``; ``erf`` GELU -> ``Gelu``;
-3. each block's attention -> ``com.microsoft.Attention`` (:mod:`keras_vit.export.fusion_attention`);
+3. each block's attention -> ``com.microsoft.Attention`` (:mod:`keras_vit.export.graph.attention`);
 4. bias + GELU -> ``BiasGelu``;
 5. the last block computed for the class token only when nothing else reads it
-   (:mod:`keras_vit.export.token_pruning`; exact, it only skips rows nobody reads).
+   (:mod:`keras_vit.export.graph.token_pruning`; exact, it only skips rows nobody reads).
 
 ``SkipLayerNormalization`` (residual sum + LayerNorm in one op) is off by default: onnxruntime 1.32's
 CPU kernel measured 7x slower than ``Add`` + ``LayerNormalization`` on ViT-Ti/16 token tensors
@@ -24,22 +24,23 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from keras_vit.export.fusion_attention import fuse_attention as _fuse_attention_pass
-from keras_vit.export.fusion_passes import (
+from keras_vit.export.graph.attention import fuse_attention as _fuse_attention_pass
+from keras_vit.export.graph.edit import GraphEditor
+from keras_vit.export.graph.passes import (
     fuse_bias_gelu,
     fuse_gelu,
     fuse_layer_norm,
     fuse_skip_layer_norm,
     unfold_tensordot,
 )
-from keras_vit.export.graph_edit import GraphEditor
-from keras_vit.export.token_pruning import prune_to_class_token
+from keras_vit.export.graph.token_pruning import prune_to_class_token
 
 #: Op types counted as fused, by family (the names onnxruntime reports).
 FUSED_FAMILIES = {
     "Attention": ("Attention", "MultiHeadAttention"),
-    "LayerNormalization": ("LayerNormalization", "SkipLayerNormalization"),
-    "Gelu": ("Gelu", "BiasGelu", "FastGelu"),
+    "LayerNormalization": ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                           "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"),
+    "Gelu": ("Gelu", "BiasGelu", "FastGelu", "GemmFastGelu"),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_vit.export.graph_edit import MS_DOMAIN, GraphEditor
+from keras_vit.export.graph.edit import MS_DOMAIN, GraphEditor
 
 _BIG = 2**31 - 1
 #: Row-wise ops: input indices that carry tokens, and outputs allowed to be read.

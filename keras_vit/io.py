@@ -1,19 +1,23 @@
-"""Atomic outputs: build under a temporary name in the destination folder, rename only on success.
+"""Atomic writes, the library's one owner of them: build under a temporary name beside the destination,
+rename only on success.
 
-A failed or interrupted export leaves nothing at the output path, and an existing output there is
-replaced only once the new one is complete and verified. A SavedModel directory is built in a
-temporary directory beside the destination and swapped in.
+A failed or interrupted write leaves nothing at the output path, and an existing output there is
+replaced only once the new one is complete (for exports: and verified). A directory (a SavedModel) is
+built beside the destination and swapped in. Used by the exporters (:func:`atomic_output`) and by
+training (:func:`atomic_write_json`, :func:`atomic_save_model`: history files and checkpoints).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from keras_vit.errors import UserInputError
 
@@ -94,3 +98,29 @@ def _swap_directory(new: Path, path: Path) -> None:
         os.replace(old, path)  # put the previous output back
         raise
     _remove(old)
+
+
+def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write ``data`` as JSON (indented, newline-terminated) to ``path`` through a temporary file beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def atomic_save_model(model, path: str | os.PathLike, publish: bool = True) -> None:
+    """``model.save(path)`` through a temporary ``.keras`` file in the same folder (never half-written).
+
+    With ``publish=False`` the model is saved to a scratch file that is then deleted. The non-chief
+    processes of a multi-host JAX run do that whenever the chief saves: Keras' ``save`` creates
+    variables under the active ``keras.distribution``, which runs collectives across processes, so a
+    save made by the chief alone waits forever for the others.
+    """
+    path = Path(path)
+    if not publish:
+        with tempfile.TemporaryDirectory(prefix="keras_vit_discard_") as scratch:
+            model.save(os.path.join(scratch, path.name))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as temporary:
+        model.save(str(temporary))
