@@ -1,7 +1,7 @@
 """``to_onnx``: a Keras ViT (or plain image classifier) to a verified ONNX file with metadata.
 
 Steps: prepare (load, describe, verify data, Keras logits) -> convert (tf2onnx) -> check inputs/outputs
-and parity -> optimize (optional, :mod:`.optimize`) -> quantize (optional) -> metadata -> write to a
+and parity -> optimize (optional) -> quantize (optional; both in :mod:`.optimize`) -> metadata -> write to a
 temporary name, verify the written file again, rename into place.
 """
 

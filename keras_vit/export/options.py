@@ -105,7 +105,7 @@ class ExportOptions:
     def for_another_process(self) -> ExportOptions:
         """The same options with a verify-data file's path made absolute (the child may run elsewhere)."""
         if self.verify_data is not None and Path(self.verify_data).expanduser().is_file():
-            return dataclasses.replace(self, verify_data=str(Path(self.verify_data).expanduser().absolute()))
+            return dataclasses.replace(self, verify_data=str(Path(self.verify_data).expanduser().resolve()))
         return self
 
     @property

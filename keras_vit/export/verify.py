@@ -1,5 +1,7 @@
 """Verification of an exported graph against Keras, the real images it is checked on, and its errors.
 
+Errors say what went wrong in one sentence, with the exit code to use (1: the file would not match; 2: bad input).
+
 Parity: the max abs logit difference on a fixed sample of the verify images, over batch sizes 17, 1 and
 the rest, must stay <= 1e-4; INT8 files instead need >= 99 % top-1 agreement with the float graph.
 The onnxruntime session set-up of the library lives here (:func:`ort_session`).
@@ -195,6 +197,16 @@ def saved_model_outputs(path: str | os.PathLike, feed: np.ndarray) -> dict[str, 
 
 # --------------------------------------------------------------------------------------------------
 # Real images to verify on
+#
+# ``--verify-data`` takes a name (``mnist``, ``fashion_mnist``, ``cifar10``, ``usps``, ``mnist_sample``),
+# loaded as :func:`keras_vit.datasets.load_dataset` loads it (``$KERAS_VIT_DATA``, else Keras' dataset
+# cache or download; ``usps`` only from ``$KERAS_VIT_DATA/usps/usps_holdout.npz``; ``mnist_sample`` is the
+# 1,000 test digits shipped in ``keras_vit/data``), or a path to an ``.npz`` with images under ``x_test``,
+# ``x`` or ``images`` and optional labels under ``y_test``, ``y`` or ``labels``. Integer images are raw
+# 0..255 pixels and go through the model's preprocessing; float images are taken as the model's input as
+# they are. Without ``--verify-data`` the packaged MNIST sample is used, resized and converted to the
+# model's image size and channels when they differ, so that every export is checked on real-looking
+# images rather than noise.
 
 
 PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mnist_sample.npz"
