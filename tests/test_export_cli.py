@@ -208,3 +208,23 @@ def test_export_options_cross_the_process_boundary_as_json(tmp_path):
     with pytest.raises(UserInputError, match="apply to ONNX exports only"):
         ExportOptions(format="saved_model", optimize=True).checked()
     assert ExportOptions(format="saved_model", opset=11).checked().opset == 11  # opset is ONNX-only
+
+
+def test_verify_data_reads_keras_vit_data_never_developer_folders(tmp_path, monkeypatch):
+    """Named verify sets come from $KERAS_VIT_DATA (or Keras' loader), never from ./shared/data."""
+    from keras_vit.errors import UserInputError
+    from keras_vit.export.verify import load_verify_data, resolve_dataset
+
+    folder = tmp_path / "shared" / "data" / "usps"
+    folder.mkdir(parents=True)
+    np.savez(folder / "usps_holdout.npz", x_test=np.full((3, 16, 16), 9, np.uint8), y_test=np.arange(3))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KERAS_VIT_DATA", raising=False)
+    with pytest.raises(UserInputError, match=r"dataset 'usps' not found: .*\$KERAS_VIT_DATA is not set"):
+        resolve_dataset("usps")
+    monkeypatch.setenv("KERAS_VIT_DATA", str(tmp_path / "shared" / "data"))
+    assert resolve_dataset("usps") == folder / "usps_holdout.npz"
+    assert resolve_dataset("mnist") == "mnist"  # loaded by keras_vit.datasets.load_dataset
+    data = load_verify_data("usps", (16, 16), 1, {"scale": 1 / 255, "mean": [0.5], "std": [0.5]})
+    assert data.description == "3 images from usps" and data.labels.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(data.inputs, (9 / 255 - 0.5) / 0.5, rtol=1e-6)
