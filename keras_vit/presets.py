@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from keras_vit.errors import UserInputError
-from keras_vit.model import VisionTransformer
+from keras_vit.model import VisionTransformer, check_model_options
 
 MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
 INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -71,9 +71,7 @@ def create_model(preset: str = "vit_mnist", **overrides: Any) -> VisionTransform
     num_classes=10, image_size=32, channels=1)``. The model outputs logits and is built.
     """
     config = preset_config(preset)
-    unknown = set(overrides) - set(VisionTransformer.__init__.__code__.co_varnames) - {"name", "dtype"}
-    if unknown:
-        raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
+    check_model_options(overrides)
     config.update(overrides)
     if "channels" in overrides and "preprocessing" not in overrides:
         config["preprocessing"] = _match_channels(config["preprocessing"], config["channels"])

@@ -53,13 +53,11 @@ def convert_checkpoint(
     **overrides: Any,
 ):
     """:func:`from_checkpoint`, also returning the :class:`LoadReport` and the preprocessing's origin."""
-    from keras_vit.model import VisionTransformer
+    from keras_vit.model import VisionTransformer, check_model_options
 
     checkpoint = read_checkpoint(source)
     arch = inspect_checkpoint(checkpoint)
-    unknown = set(overrides) - set(VisionTransformer.__init__.__code__.co_varnames) - {"name", "dtype"}
-    if unknown:
-        raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
+    check_model_options(overrides)
     for key in _ARCHITECTURE_KEYS:
         if key in overrides and overrides[key] != getattr(arch, key):
             raise UserInputError(
