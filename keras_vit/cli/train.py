@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                     "Writes OUTPUT/model.keras and OUTPUT/history.json; rerun the same command to resume "
                     "an interrupted run.",
     )
-    parser.add_argument("--preset", default="vit_mnist", help="model preset (see `keras-vit presets`)")
+    parser.add_argument("--preset", help="model preset (see `keras-vit presets`; default vit_mnist); not with --init")
     parser.add_argument("--init", metavar="CHECKPOINT_OR_MODEL",
                         help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz) or a "
                              ".keras model instead of a fresh preset; the head is replaced when the dataset's "
@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     from keras_vit.distribute import configure_distribution
     from keras_vit.training import mixed_precision
 
+    if args.init and args.preset:  # --init's checkpoint fixes the architecture; a preset would be ignored
+        from keras_vit.errors import UserInputError
+
+        raise UserInputError(f"--init and --preset exclude each other: {args.init} fixes the architecture "
+                             f"(drop --preset {args.preset}, or --init to train the preset from scratch).")
     distribution = configure_distribution(args.distribute, args.devices)  # before the backend does any work
     dataset = load_dataset(args.dataset, args.data_dir)
     config = _config(args, dataset.name)
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace, dataset_name: str):
     from keras_vit.training import TrainConfig
 
-    output = args.output or f"runs/{args.preset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
+    output = args.output or f"runs/{args.preset or 'vit_mnist'}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
@@ -166,5 +171,5 @@ def _build_model(args: argparse.Namespace, dataset):
             args.init, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
         )
     return create_model(
-        args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
+        args.preset or "vit_mnist", num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
     )
