@@ -31,7 +31,8 @@ Normalisation: the model's ``preprocessing`` records what the checkpoint expects
 
 Modules: :mod:`~keras_vit.weights.tables` (one name map per format), :mod:`~keras_vit.weights.reading`
 (files, layout, architecture, normalisation), :mod:`~keras_vit.weights.loading` (the one loader),
-:mod:`~keras_vit.weights.building` (models from checkpoints).
+:mod:`~keras_vit.weights.building` (models from checkpoints), :mod:`~keras_vit.weights.hub` (pretrained
+checkpoints by name, through the Hugging Face Hub's cache).
 """
 
 from keras_vit.weights.building import (
@@ -39,6 +40,14 @@ from keras_vit.weights.building import (
     convert_checkpoint,
     from_checkpoint,
     load_initial_model,
+)
+from keras_vit.weights.hub import (
+    PRETRAINED,
+    PretrainedWeights,
+    convert_pretrained,
+    is_pretrained_name,
+    list_pretrained,
+    load_pretrained,
 )
 from keras_vit.weights.loading import (
     LoadReport,
@@ -73,6 +82,12 @@ __all__ = [
     "CheckpointArchitecture",
     "CheckpointFormat",
     "LoadReport",
+    "PRETRAINED",
+    "PretrainedWeights",
+    "convert_pretrained",
+    "is_pretrained_name",
+    "list_pretrained",
+    "load_pretrained",
     "checkpoint_preprocessing",
     "convert_checkpoint",
     "from_checkpoint",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_vit.errors import UserInputError
+from keras_vit.weights.hub import is_pretrained_name
 from keras_vit.weights.loading import load_checkpoint, to_timm_state_dict
 from keras_vit.weights.reading import (
     Checkpoint,
@@ -145,13 +146,20 @@ def load_initial_model(
     channels: int | None = None,
     **overrides: Any,
 ):
-    """The starting point of a fine-tuning run: a checkpoint or a saved ``.keras`` model, adapted.
+    """The starting point of a fine-tuning run: a checkpoint, a Hub name or a saved ``.keras`` model, adapted.
 
     A ``.keras`` file is loaded (safe mode); if ``num_classes``, ``image_size``, ``channels`` or any
     override differs, a model with the new configuration is built and the weights are carried over
     as from a checkpoint: new zero head, resized positional embedding, adapted patch embedding.
-    Anything else is read with :func:`from_checkpoint`. ``None`` keeps what the source has.
+    A pretrained name (``hf-hub:timm/ARCH.TAG``, ``ARCH.TAG``) is loaded with
+    :func:`~keras_vit.weights.hub.load_pretrained`. Anything else is read with :func:`from_checkpoint`.
+    ``None`` keeps what the source has.
     """
+    if is_pretrained_name(str(path)):  # a Hub name: hf-hub:timm/ARCH.TAG or ARCH.TAG
+        from keras_vit.weights.hub import load_pretrained
+
+        extra = {} if channels is None else {"channels": channels}
+        return load_pretrained(str(path), num_classes=num_classes, image_size=image_size, **extra, **overrides)
     file = Path(path)
     if file.suffix.lower() != ".keras":
         extra = {} if channels is None else {"channels": channels}
