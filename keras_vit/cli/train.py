@@ -37,6 +37,13 @@ def _number(low: float, high: float | None = None, *, include_low: bool = True):
     return parse
 
 
+class _GivenPreset(argparse.Action):
+    """Stores ``--preset`` and notes that it was given (``--init`` refuses an explicit preset)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.preset, namespace.preset_given = values, True
+
+
 def register(subparsers) -> None:
     from keras_vit.training import TEST_TIME_AUGMENTATIONS, TrainConfig
 
@@ -47,11 +54,12 @@ def register(subparsers) -> None:
                     "Writes OUTPUT/model.keras and OUTPUT/history.json; rerun the same command to resume "
                     "an interrupted run.",
     )
-    parser.add_argument("--preset", help="model preset (see `keras-vit presets`; default vit_mnist); not with --init")
+    parser.add_argument("--preset", default="vit_mnist", action=_GivenPreset,
+                        help="model preset (see `keras-vit presets`); not with --init")
     parser.add_argument("--init", metavar="CHECKPOINT_OR_MODEL",
-                        help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz) or a "
-                             ".keras model instead of a fresh preset; the head is replaced when the dataset's "
-                             "classes differ")
+                        help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz), a "
+                             "pretrained name (hf-hub:timm/ARCH.TAG) or a .keras model instead of a fresh preset; "
+                             "the head is replaced when the dataset's classes differ")
     parser.add_argument("--image-size", type=_positive_int, metavar="S",
                         help="train at S x S (the positional embedding of --init weights is resized)")
     parser.add_argument("--drop-path", type=_number(0, 1), metavar="RATE",
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_vit.distribute import configure_distribution
     from keras_vit.training import mixed_precision
 
-    if args.init and args.preset:  # --init's checkpoint fixes the architecture; a preset would be ignored
+    if args.init and getattr(args, "preset_given", False):  # --init fixes the architecture, not the preset
         from keras_vit.errors import UserInputError
 
         raise UserInputError(f"--init and --preset exclude each other: {args.init} fixes the architecture "
@@ -139,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace, dataset_name: str):
     from keras_vit.training import TrainConfig
 
-    output = args.output or f"runs/{args.preset or 'vit_mnist'}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
+    output = args.output or f"runs/{args.preset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
@@ -171,5 +179,5 @@ def _build_model(args: argparse.Namespace, dataset):
             args.init, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
         )
     return create_model(
-        args.preset or "vit_mnist", num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
+        args.preset, num_classes=dataset.num_classes, class_names=list(dataset.class_names), **overrides
     )
