@@ -20,7 +20,7 @@ from huggingface_hub import constants
 import keras_vit
 from keras_vit.cli.main import main
 from keras_vit.errors import UserInputError
-from keras_vit.testing import import_timm, perturb_parameters, random_images, timm_logits
+from keras_vit.testing import import_timm, perturb_parameters, random_images, save_to_hub_cache, timm_logits
 from keras_vit.weights import PRETRAINED, from_checkpoint, list_pretrained, load_pretrained
 from keras_vit.weights.hub import imagenet_class_names
 
@@ -33,26 +33,17 @@ TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 TOL = 1e-4
 
 
-def _lay(cache, repo: str, model, model_config=None):
-    """Save ``model`` with timm into ``cache`` as the Hub cache holds ``timm/repo`` at COMMIT."""
-    folder = cache / f"models--timm--{repo}"
-    timm.models.save_for_hf(model, folder / "snapshots" / COMMIT, model_config=model_config,
-                            safe_serialization=True)
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    return folder / "snapshots" / COMMIT
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_home") / "hub"
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY).eval()
     perturb_parameters(ref, seed=3)
-    _lay(root, NAME, ref)
+    save_to_hub_cache(ref, root, f"timm/{NAME}", COMMIT)
     labelled = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY, num_classes=4).eval()
     perturb_parameters(labelled, seed=4)
-    _lay(root, LABELLED, labelled, model_config={"label_names": ["n1", "n2", "n3", "n4"],
-                                                 "label_descriptions": {"n1": "cat", "n2": "dog", "n3": "owl"}})
+    save_to_hub_cache(labelled, root, f"timm/{LABELLED}", COMMIT,
+                      model_config={"label_names": ["n1", "n2", "n3", "n4"],
+                                    "label_descriptions": {"n1": "cat", "n2": "dog", "n3": "owl"}})
     return root
 
 
@@ -96,8 +87,11 @@ def test_new_head_and_resized_grid_as_from_checkpoint(cache):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("head").kernel), 0.0)
     for a, b in zip(model.weights, same.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
-    # the architecture alone takes its default (first listed) tag
+    # the architecture alone takes its default (first listed) tag; a revision is passed to the Hub
     assert load_pretrained("vit_tiny_patch16_224").num_classes == 1000
+    assert load_pretrained(f"hf-hub:timm/{NAME}@{COMMIT}").num_classes == 1000
+    with pytest.raises(UserInputError, match=f"Could not get timm/{NAME}/model.safetensors: it is not in the"):
+        load_pretrained(f"hf-hub:timm/{NAME}@v9")
 
 
 def test_list_pretrained_names_timm_knows_with_their_resolution_and_classes():

@@ -99,17 +99,18 @@ def _architectures() -> dict[str, str]:
 
 
 def resolve_pretrained(name: str) -> str:
-    """The Hub repository id of ``name`` (``ARCH.TAG``, ``ARCH`` for its default tag, or ``hf-hub:ORG/REPO``).
+    """The Hub repository id of ``name`` (``ARCH.TAG``, ``ARCH`` for its default tag, or ``hf-hub:ORG/REPO``,
+    which may end in ``@REVISION``, kept in the result).
 
     Raises:
         UserInputError: an unknown short name, with the close matches.
     """
     if name.startswith(HUB_PREFIX):
-        repo = name[len(HUB_PREFIX):].split("@", 1)[0]
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise UserInputError(f"{name!r} is not a Hub name: expected hf-hub:ORG/NAME, e.g. "
-                                 f"hf-hub:timm/{next(iter(PRETRAINED))}.")
-        return repo
+        repo, at, revision = name[len(HUB_PREFIX):].partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")) or (at and not revision):
+            raise UserInputError(f"{name!r} is not a Hub name: expected hf-hub:ORG/NAME (or ORG/NAME@REVISION), "
+                                 f"e.g. hf-hub:timm/{next(iter(PRETRAINED))}.")
+        return name[len(HUB_PREFIX):]
     if name in PRETRAINED:
         return f"{TIMM_ORG}/{name}"
     if name in _architectures():
@@ -122,8 +123,8 @@ def resolve_pretrained(name: str) -> str:
     )
 
 
-def _download(repo: str, filename: str, required: bool = True) -> Path | None:
-    """``hf_hub_download(repo, filename)``: the cached file, or None for a missing optional file."""
+def _download(repo: str, filename: str, revision: str | None, required: bool = True) -> Path | None:
+    """``hf_hub_download(repo, filename, revision)``: the cached file, or None for a missing optional file."""
     try:
         import huggingface_hub
         from huggingface_hub import errors
@@ -133,7 +134,7 @@ def _download(repo: str, filename: str, required: bool = True) -> Path | None:
             "downloaded checkpoint file instead (keras-vit convert FILE)."
         ) from err
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename))
+        return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as err:  # not cached, no network
         if not required:
             return None
@@ -211,9 +212,9 @@ def convert_pretrained(
     preprocessing's origin (as :func:`~keras_vit.weights.convert_checkpoint` does)."""
     from keras_vit.weights.building import convert_checkpoint
 
-    repo = resolve_pretrained(name)
-    weights = _download(repo, _WEIGHTS_FILE)
-    config = _read_config(_download(repo, _CONFIG_FILE, required=False))
+    repo, _, revision = resolve_pretrained(name).partition("@")
+    weights = _download(repo, _WEIGHTS_FILE, revision or None)
+    config = _read_config(_download(repo, _CONFIG_FILE, revision or None, required=False))
     if "class_names" not in overrides:
         stored = config.get("num_classes")
         classes = num_classes if num_classes is not None else stored
