@@ -73,6 +73,17 @@ def test_pretrained_logits_match_timm_loading_the_same_cache(name):
     assert model.class_names[:2] == ["tench", "goldfish"]
 
 
+def test_cached_files_touch_no_network(monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was asked although the files are cached")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    assert keras_vit.create_model(NAME, pretrained=True).num_classes == 1000
+
+
 def test_config_labels_and_normalisation_come_from_config_json():
     model = keras_vit.create_model(f"hf-hub:timm/{LABELLED}", pretrained=True)
     assert model.class_names == ["cat", "dog", "owl", "n4"]  # descriptions where given, else the label names

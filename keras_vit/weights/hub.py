@@ -124,7 +124,8 @@ def resolve_pretrained(name: str) -> str:
 
 
 def _download(repo: str, filename: str, revision: str | None, required: bool = True) -> Path | None:
-    """``hf_hub_download(repo, filename, revision)``: the cached file, or None for a missing optional file."""
+    """The cached file (no network), else ``hf_hub_download(repo, filename, revision)``; None for a missing
+    optional file."""
     try:
         import huggingface_hub
         from huggingface_hub import errors
@@ -133,6 +134,9 @@ def _download(repo: str, filename: str, revision: str | None, required: bool = T
             "Pretrained weights by name need huggingface_hub: pip install 'keras-vit[weights]', or pass a "
             "downloaded checkpoint file instead (keras-vit convert FILE)."
         ) from err
+    cached = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
+    if isinstance(cached, str):  # in the cache: no network at all (hf_hub_download would ask the Hub for updates)
+        return Path(cached)
     try:
         return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as err:  # not cached, no network
