@@ -6,7 +6,7 @@ from keras_vit.errors import KerasViTError, UserInputError
 from keras_vit.model import VisionTransformer
 from keras_vit.presets import PRESETS, count_params, create_model, list_presets
 from keras_vit.training import TrainConfig, evaluate, fit
-from keras_vit.weights import from_checkpoint
+from keras_vit.weights import from_checkpoint, list_pretrained
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "fit",
     "from_checkpoint",
     "layers",
+    "list_pretrained",
     "list_presets",
     "load_dataset",
 ]

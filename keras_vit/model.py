@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -21,6 +23,19 @@ def _pair(value) -> tuple[int, int]:
             raise UserInputError(f"image_size must be an int or (height, width), got {value!r}.")
         return int(value[0]), int(value[1])
     return int(value), int(value)
+
+
+def check_model_options(options: Iterable[str]) -> None:
+    """Raise :class:`UserInputError` naming any of ``options`` that :class:`VisionTransformer` does not take.
+
+    The accepted names are the constructor's parameters (from its signature, not its local variables)
+    plus ``name``.
+    """
+    parameters = inspect.signature(VisionTransformer.__init__).parameters
+    known = {p for p, spec in parameters.items() if spec.kind is spec.POSITIONAL_OR_KEYWORD} - {"self"}
+    unknown = set(options) - known - {"name"}
+    if unknown:
+        raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -58,6 +73,9 @@ class VisionTransformer(keras.Model):
         stem_filters: channels of each convolution of a convolutional stem (``None``: plain ViT).
         stem_strides: stride (1 or 2) of each stem convolution, 2 for all by default; ``patch_size``
             must be a multiple of their product.
+        dtype: a dtype policy (``"bfloat16"``, ``"mixed_bfloat16"``, a ``keras.DTypePolicy``) for every
+            layer; ``None`` follows the global policy. The head computes in float32 under a mixed
+            policy (Keras' mixed-precision convention), in the policy's dtype otherwise.
     """
 
     def __init__(
@@ -81,11 +99,16 @@ class VisionTransformer(keras.Model):
         preset: str | None = None,
         stem_filters: list[int] | None = None,
         stem_strides: list[int] | None = None,
+        dtype: str | keras.DTypePolicy | dict | None = None,
         **kwargs,
     ):
         height, width = _pair(image_size)
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else None
+        # Mixed precision keeps the logits in float32; a plain policy (bfloat16 everywhere) is followed.
+        mixed = policy is None or policy.compute_dtype != policy.variable_dtype
+        head_dtype = "float32" if mixed else policy
         stem_filters = [int(f) for f in stem_filters] if stem_filters else None
-        stem = ConvStem(stem_filters, strides=stem_strides, name="stem") if stem_filters else None
+        stem = ConvStem(stem_filters, strides=stem_strides, name="stem", dtype=policy) if stem_filters else None
         stem_strides = stem.strides if stem else None
         stem_stride = stem.stride if stem else 1
         if patch_size % stem_stride:
@@ -108,9 +131,9 @@ class VisionTransformer(keras.Model):
 
         images = keras.Input(shape=(height, width, channels), name="images")
         features = stem(images) if stem else images
-        patches = PatchExtractor(patch_size // stem_stride, name="patch_extractor")(features)
+        patches = PatchExtractor(patch_size // stem_stride, name="patch_extractor", dtype=policy)(features)
         x = PatchEncoder(
-            num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder"
+            num_patches, hidden_dim, grid_size=grid, dropout=dropout, name="patch_encoder", dtype=policy
         )(patches)
         for i in range(depth):
             rate = drop_path * i / max(depth - 1, 1)
@@ -125,11 +148,14 @@ class VisionTransformer(keras.Model):
                 # The head reads the class token only: the last block need not compute the others.
                 class_token_only=pooling == "token" and i == depth - 1,
                 name=f"block_{i}",
+                dtype=policy,
             )(x)
-        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
-        x = TokenPooling(pooling, num_prefix_tokens=1, name="pool")(x)
-        logits = keras.layers.Dense(num_classes, name="head", dtype="float32")(x)
+        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm", dtype=policy)(x)
+        x = TokenPooling(pooling, num_prefix_tokens=1, name="pool", dtype=policy)(x)
+        logits = keras.layers.Dense(num_classes, name="head", dtype=head_dtype)(x)
         super().__init__(inputs=images, outputs=logits, **kwargs)
+        if policy is not None:  # Functional models take no dtype argument: set the outer one too
+            self.dtype_policy = policy
 
         self.image_size = (height, width)
         self.patch_size = int(patch_size)
@@ -214,6 +240,7 @@ class VisionTransformer(keras.Model):
             "preset": self.preset,
             "stem_filters": self.stem_filters,
             "stem_strides": self.stem_strides,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod

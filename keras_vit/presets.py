@@ -7,11 +7,8 @@ from typing import Any
 import keras
 
 from keras_vit.errors import UserInputError
-from keras_vit.model import VisionTransformer
+from keras_vit.model import VisionTransformer, check_model_options
 from keras_vit.preprocessing import adapt_to_channels
-
-#: The old private name, still imported by keras_vit.weights.
-_match_channels = adapt_to_channels
 
 MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
 INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -68,16 +65,28 @@ def preset_config(preset: str) -> dict[str, Any]:
     return {**config, "preset": preset}
 
 
-def create_model(preset: str = "vit_mnist", **overrides: Any) -> VisionTransformer:
-    """Build a :class:`VisionTransformer` from a named preset.
+def create_model(preset: str = "vit_mnist", pretrained: bool = False, **overrides: Any) -> VisionTransformer:
+    """Build a :class:`VisionTransformer` from a named preset, or with pretrained weights by name.
 
     Any constructor argument can be overridden, e.g. ``create_model("vit_tiny_patch16_224",
     num_classes=10, image_size=32, channels=1)``. The model outputs logits and is built.
+
+    With ``pretrained=True``, ``preset`` names a checkpoint on the Hugging Face Hub as timm does:
+    ``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` (see :func:`keras_vit.list_pretrained`), an
+    architecture alone for its default tag, or ``"hf-hub:timm/ARCH.TAG"``; it is downloaded into the
+    Hub's cache (or read from it) and loaded exactly, with its normalisation and class names. A
+    different ``num_classes`` gets a new zero head, a different ``image_size`` a resized positional
+    embedding (see :func:`keras_vit.weights.load_pretrained`). Without ``pretrained``, ``ARCH.TAG``
+    builds the preset ``ARCH`` untrained, as in timm.
     """
+    if pretrained:
+        from keras_vit.weights.hub import load_pretrained
+
+        return load_pretrained(preset, **overrides)
+    if preset not in PRESETS and "." in preset and preset.split(".", 1)[0] in PRESETS:
+        preset = preset.split(".", 1)[0]
     config = preset_config(preset)
-    unknown = set(overrides) - set(VisionTransformer.__init__.__code__.co_varnames) - {"name", "dtype"}
-    if unknown:
-        raise UserInputError(f"Unknown model option(s): {', '.join(sorted(unknown))}.")
+    check_model_options(overrides)
     config.update(overrides)
     if "channels" in overrides and "preprocessing" not in overrides:
         config["preprocessing"] = adapt_to_channels(config["preprocessing"], config["channels"])

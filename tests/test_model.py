@@ -94,6 +94,46 @@ def test_unknown_option_and_bad_sizes_are_user_errors():
         keras_vit.create_model("vit_mnist", class_names=["a", "b"])
 
 
+@pytest.mark.parametrize("local", ["height", "grid", "stem", "x", "logits", "kwargs", "self"])
+def test_local_variable_names_of_the_constructor_are_not_options(local):
+    # The check reads the constructor's signature, not its code object's variable names.
+    with pytest.raises(UserInputError, match=f"Unknown model option\\(s\\): {local}"):
+        keras_vit.create_model("vit_mnist", **{local: 1})
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("dtype", ["bfloat16", "mixed_bfloat16"])
+def test_dtype_reaches_every_layer_and_survives_a_round_trip(dtype, tmp_path):
+    policy = keras.DTypePolicy(dtype)
+    model = keras_vit.create_model("vit_mnist", depth=2, dtype=policy if dtype == "bfloat16" else dtype)
+    head_compute = "float32" if dtype.startswith("mixed") else "bfloat16"
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        expected = head_compute if layer.name == "head" else "bfloat16"
+        assert layer.dtype_policy.compute_dtype == expected, layer.name
+        assert layer.dtype_policy.variable_dtype == ("bfloat16" if expected == "bfloat16" and
+                                                     not dtype.startswith("mixed") else "float32"), layer.name
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
+    out = model(x, training=False)
+    assert keras.backend.standardize_dtype(out.dtype) == head_compute
+    assert model.get_config()["dtype"]["config"]["name"] == dtype
+    again = keras_vit.VisionTransformer.from_config(model.get_config())
+    assert again.get_config() == model.get_config()
+    assert again.get_layer("block_1").attn.qkv.dtype_policy.name == dtype
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(loaded(x, training=False), "float32")),
+                                  keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")))
+
+
+def test_default_dtype_follows_the_global_policy():
+    model = keras_vit.create_model("vit_mnist", depth=1)
+    assert model.get_config()["dtype"]["config"]["name"] == "float32"
+    assert model.get_layer("block_0").dtype_policy.name == "float32"
+
+
 @pytest.mark.backends
 def test_attention_scores_are_distributions_over_tokens():
     model = keras_vit.create_model("vit_mnist", depth=2)

@@ -62,3 +62,14 @@ def test_train_init_missing_file_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_train_init_with_preset_is_refused_in_one_line(timm_checkpoint, tmp_path, capsys):
+    path, _ = timm_checkpoint
+    code = main(["train", "--init", str(path), "--preset", "vit_cifar_p4", "--dataset", "sample", "--epochs", "1",
+                 "--output", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--init and --preset exclude each other" in err and "vit_cifar_p4" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

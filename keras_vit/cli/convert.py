@@ -22,17 +22,20 @@ def _image_size(text: str) -> tuple[int, int]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a timm (.safetensors/.pth/.bin) or Google (.npz) ViT checkpoint to a .keras model",
+        help="convert a timm (.safetensors/.pth/.bin, or hf-hub:timm/NAME) or Google (.npz) ViT checkpoint to .keras",
         description=(
             "Build the keras-vit model a timm state dict or an original Google ViT .npz describes and load "
             "its weights exactly (same logits as timm). A different --num-classes gets a new zero head; a "
             "different --image-size resizes the positional embedding bicubically. The checkpoint's input "
             "normalisation is recorded in the model (default mean=std=0.5, the value of Google's and "
             "timm's usual ViT weights; ImageNet constants for DeiT/MAE/DINO file names; a config.json "
-            "beside the file wins; --mean/--std override)."
+            "beside the file wins; --mean/--std override). A pretrained name (hf-hub:timm/ARCH.TAG, or ARCH.TAG "
+            "from `keras-vit presets --pretrained`) is read from the Hugging Face cache or downloaded into it, "
+            "with its config's normalisation and class names."
         ),
     )
-    parser.add_argument("checkpoint", help="checkpoint file (.safetensors, .pth, .pt, .bin, .npz) or hub folder")
+    parser.add_argument("checkpoint", help="checkpoint file (.safetensors, .pth, .pt, .bin, .npz), hub folder, or "
+                                           "pretrained name (hf-hub:timm/ARCH.TAG, ARCH.TAG)")
     parser.add_argument("--output", "-o", required=True, help="where to write the model (.keras)")
     parser.add_argument("--num-classes", type=int, help="classes of the new head (default: the checkpoint's)")
     parser.add_argument("--image-size", type=_image_size, help="input size S or HxW (default: the checkpoint's)")
@@ -62,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--output must end in .keras, got {output.name!r}.")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserInputError("--num-classes must be a positive integer.")
-    if not Path(args.checkpoint).exists():
+    from keras_vit.weights.hub import is_pretrained_name
+
+    hub = is_pretrained_name(args.checkpoint)
+    if not hub and not Path(args.checkpoint).exists():
         raise UserInputError(f"Checkpoint file not found: {args.checkpoint}")
 
     from keras_vit.presets import count_params
-    from keras_vit.weights import convert_checkpoint
+    from keras_vit.weights import convert_checkpoint, convert_pretrained
 
     overrides = {}
     if args.num_heads is not None:
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channels is not None:
         overrides["channels"] = args.channels
     start = time.perf_counter()
-    model, report, origin = convert_checkpoint(
+    model, report, origin = (convert_pretrained if hub else convert_checkpoint)(
         args.checkpoint, num_classes=args.num_classes, image_size=args.image_size,
         mean=args.mean, std=args.std, **overrides,
     )

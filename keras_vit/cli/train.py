@@ -37,6 +37,13 @@ def _number(low: float, high: float | None = None, *, include_low: bool = True):
     return parse
 
 
+class _GivenPreset(argparse.Action):
+    """Stores ``--preset`` and notes that it was given (``--init`` refuses an explicit preset)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.preset, namespace.preset_given = values, True
+
+
 def register(subparsers) -> None:
     from keras_vit.training import TEST_TIME_AUGMENTATIONS, TrainConfig
 
@@ -47,11 +54,12 @@ def register(subparsers) -> None:
                     "Writes OUTPUT/model.keras and OUTPUT/history.json; rerun the same command to resume "
                     "an interrupted run.",
     )
-    parser.add_argument("--preset", default="vit_mnist", help="model preset (see `keras-vit presets`)")
+    parser.add_argument("--preset", default="vit_mnist", action=_GivenPreset,
+                        help="model preset (see `keras-vit presets`); not with --init")
     parser.add_argument("--init", metavar="CHECKPOINT_OR_MODEL",
-                        help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz) or a "
-                             ".keras model instead of a fresh preset; the head is replaced when the dataset's "
-                             "classes differ")
+                        help="fine-tune from a timm/Google checkpoint (.safetensors, .pth, .bin, .npz), a "
+                             "pretrained name (hf-hub:timm/ARCH.TAG) or a .keras model instead of a fresh preset; "
+                             "the head is replaced when the dataset's classes differ")
     parser.add_argument("--image-size", type=_positive_int, metavar="S",
                         help="train at S x S (the positional embedding of --init weights is resized)")
     parser.add_argument("--drop-path", type=_number(0, 1), metavar="RATE",
@@ -110,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     from keras_vit.distribute import configure_distribution
     from keras_vit.training import mixed_precision
 
+    if args.init and getattr(args, "preset_given", False):  # --init fixes the architecture, not the preset
+        from keras_vit.errors import UserInputError
+
+        raise UserInputError(f"--init and --preset exclude each other: {args.init} fixes the architecture "
+                             f"(drop --preset {args.preset}, or --init to train the preset from scratch).")
     distribution = configure_distribution(args.distribute, args.devices)  # before the backend does any work
     dataset = load_dataset(args.dataset, args.data_dir)
     config = _config(args, dataset.name)

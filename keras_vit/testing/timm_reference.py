@@ -230,3 +230,21 @@ def write_google_npz(
     path = Path(path)
     np.savez(path, **{prefix + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()})
     return path
+
+
+def save_to_hub_cache(model, cache: str | os.PathLike, repo: str, commit: str = "0" * 40,
+                      model_config: Mapping[str, Any] | None = None) -> Path:
+    """Save a timm ``model`` with timm's ``save_for_hf`` into a Hugging Face Hub cache as ``repo`` at ``commit``.
+
+    The layout is the one ``huggingface_hub`` keeps (``models--ORG--NAME/snapshots/COMMIT/{model.safetensors,
+    config.json}`` and ``refs/main``), so that ``hf_hub_download`` -- and so keras-vit's and timm's
+    ``hf-hub:`` loading -- find the files there with ``HF_HUB_OFFLINE=1`` and no network. ``repo`` is
+    ``ORG/NAME``; ``model_config`` adds config entries (``label_names``...). Returns the snapshot folder.
+    """
+    timm = import_timm()
+    folder = Path(cache) / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / commit
+    timm.models.save_for_hf(model, snapshot, model_config=dict(model_config or {}), safe_serialization=True)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    return snapshot
