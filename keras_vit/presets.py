@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from keras_vit.errors import UserInputError
-from keras_vit.model import VisionTransformer
+
+if TYPE_CHECKING:  # the table reads without loading Keras (``keras-vit presets``)
+    import keras
+
+    from keras_vit.model import VisionTransformer
 
 MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
 INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -70,6 +72,8 @@ def create_model(preset: str = "vit_mnist", **overrides: Any) -> VisionTransform
     Any constructor argument can be overridden, e.g. ``create_model("vit_tiny_patch16_224",
     num_classes=10, image_size=32, channels=1)``. The model outputs logits and is built.
     """
+    from keras_vit.model import VisionTransformer
+
     config = preset_config(preset)
     unknown = set(overrides) - set(VisionTransformer.__init__.__code__.co_varnames) - {"name", "dtype"}
     if unknown:
@@ -97,4 +101,6 @@ def _match_channels(preprocessing: dict[str, Any], channels: int) -> dict[str, A
 
 def count_params(model: keras.Model) -> int:
     """Total number of parameters (trainable and not)."""
+    import keras
+
     return int(sum(int(keras.ops.size(v)) for v in model.weights))
