@@ -22,7 +22,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         epoch: the epoch (1-based) that was running, or ``None`` when every epoch had completed (the
             interruption came while testing or saving the model).
         epochs: the epochs asked for.
-        completed: the completed epochs that a rerun resumes after (0: a rerun starts over).
+        completed: the completed epochs (a rerun resumes after them while the backup exists).
         backup_dir: where those epochs are backed up (``None`` without an output folder).
     """
 
@@ -32,12 +32,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     @property
     def resumable(self) -> bool:
-        """Whether a rerun with the same output folder continues instead of starting over."""
-        return bool(self.completed and self.backup_dir)
+        """Whether a rerun with the same output folder continues instead of starting over (Keras deletes the
+        backup once every epoch has completed)."""
+        return bool(self.completed and self.backup_dir and self.epoch is not None)
 
     def describe(self) -> str:
-        where = (f"in epoch {self.epoch} of {self.epochs}" if self.epoch is not None
-                 else f"after the last of {self.epochs} epochs, before the model was tested and saved")
+        if self.epoch is None:
+            return (f"interrupted after the last of {self.epochs} epochs, before the model was tested and saved"
+                    f"{'' if self.backup_dir is None else ' (a rerun starts over)'}")
+        where = f"in epoch {self.epoch} of {self.epochs}"
         if self.resumable:
             done = f"{self.completed} completed epoch{'s' if self.completed != 1 else ''}"
             return f"interrupted {where}; {done} backed up in {self.backup_dir}"

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -301,11 +300,11 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` that says when it resumes, counts the epochs it has backed up, keeps the backup
-    until :func:`fit` has saved the model, and turns a backup of another model into a clear user error."""
+    """``BackupAndRestore`` that says when it resumes, counts the epochs it has backed up, and turns a
+    backup of another model into a clear user error. Keras deletes the backup when training ends."""
 
     def __init__(self, backup_dir: str, epochs: int, verbose: bool = True):
-        super().__init__(backup_dir, delete_checkpoint=False)  # fit deletes it once model.keras is saved
+        super().__init__(backup_dir)
         self.epochs, self.verbose = int(epochs), verbose
         self.saved_epochs = 0  # epochs whose weights are in the backup
 
@@ -535,8 +534,6 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     record["status"] = "completed"
     if history_path is not None:
         atomic_write_json(record, history_path)
-    if backup is not None:  # kept until now: an interruption while testing or saving resumes after training
-        shutil.rmtree(backup.backup_dir, ignore_errors=True)
     return record
 
 
@@ -552,7 +549,7 @@ def _say_how_it_starts(out: Path) -> None:
     if (out / "model.keras").exists():
         print(f"Starting over: {out} holds a finished run; its model.keras will be replaced", flush=True)
     elif ((_read_json(out / "history.json") or {}).get("status")) == "interrupted":
-        print(f"Starting over: the interrupted run in {out} had not completed an epoch", flush=True)
+        print(f"Starting over: the interrupted run in {out} left no backup to resume from", flush=True)
 
 
 def evaluate(

@@ -320,4 +320,20 @@ def test_interrupt_before_an_epoch_completed_says_a_rerun_starts_over(tiny_npz, 
         f"start again with: keras-vit {' '.join(argv)}")
     code, stdout, _ = run_cli(capsys, *argv)  # interrupted again, after saying how it starts
     assert code == 130
-    assert f"Starting over: the interrupted run in {out} had not completed an epoch\n" in stdout
+    assert f"Starting over: the interrupted run in {out} left no backup to resume from\n" in stdout
+
+
+def test_training_interrupted_messages():
+    from keras_vit.errors import TrainingInterrupted
+
+    assert isinstance(TrainingInterrupted(1, 2, 0, "b"), KeyboardInterrupt)
+    assert str(TrainingInterrupted(3, 10, 2, "runs/x/backup")) == (
+        "interrupted in epoch 3 of 10; 2 completed epochs backed up in runs/x/backup")
+    assert TrainingInterrupted(3, 10, 2, "runs/x/backup").resumable
+    assert str(TrainingInterrupted(1, 10, 0, "b")) == (
+        "interrupted in epoch 1 of 10, before the first epoch completed (a rerun starts over)")
+    assert str(TrainingInterrupted(2, 10, 1, None)) == ("interrupted in epoch 2 of 10 (no output folder: nothing to "
+                                                        "resume)")
+    last = TrainingInterrupted(None, 10, 10, "b")
+    assert not last.resumable and str(last) == ("interrupted after the last of 10 epochs, before the model was "
+                                                "tested and saved (a rerun starts over)")
