@@ -940,7 +940,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if prog in ("", "-c", "__main__.py"):
             prog = "infer.py"
     try:
-        args = build_parser(prog).parse_args(argv)
+        args = build_parser(prog).parse_intermixed_args(argv)  # options anywhere: `M.onnx --top-k 3 a.png`
     except SystemExit as stop:  # --help (0) or a usage error (2, already reported on one line)
         return stop.code if isinstance(stop.code, int) else EXIT_ERROR
 

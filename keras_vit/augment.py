@@ -10,12 +10,7 @@ from __future__ import annotations
 import keras
 
 from keras_vit.errors import UserInputError
-
-#: Policies: ``none``; ``digits`` (shift, rotate, zoom, no flips: a mirrored 2 is no digit);
-#: ``fashion`` (mirror + shift, black border); ``natural`` (mirror + shift, reflected border, CIFAR-like);
-#: ``light`` (shift only, for datasets we know nothing about); ``mirror`` (left-right mirror only: objects
-#: that fill the frame, where a shift with a black border cuts them, e.g. Fashion-MNIST).
-POLICIES = ("none", "digits", "fashion", "natural", "light", "mirror")
+from keras_vit.options import AUGMENT_POLICIES as POLICIES  # noqa: F401  (described there)
 
 _AUTO = {"sample": "digits", "mnist": "digits", "fashion_mnist": "fashion", "cifar10": "natural"}
 

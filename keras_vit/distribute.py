@@ -51,9 +51,7 @@ from typing import Any
 import keras
 
 from keras_vit.errors import KerasViTError, UserInputError
-
-#: ``--distribute`` values.
-MODES = ("auto", "none", "data-parallel")
+from keras_vit.options import DISTRIBUTE_MODES as MODES  # ``--distribute`` values
 
 #: Environment variables that make the JAX backend start ``jax.distributed`` (see ``keras.distribution.initialize``).
 JAX_MULTIHOST_VARIABLES = (

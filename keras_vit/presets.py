@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from keras_vit.errors import UserInputError
-from keras_vit.model import VisionTransformer, check_model_options
-from keras_vit.preprocessing import adapt_to_channels
+
+if TYPE_CHECKING:  # the table reads without loading Keras (``keras-vit presets``)
+    import keras
+
+    from keras_vit.model import VisionTransformer
 
 MNIST_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.1307], "std": [0.3081]}
 INCEPTION_PREPROCESSING = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -79,6 +80,9 @@ def create_model(preset: str = "vit_mnist", pretrained: bool = False, **override
     embedding (see :func:`keras_vit.weights.load_pretrained`). Without ``pretrained``, ``ARCH.TAG``
     builds the preset ``ARCH`` untrained, as in timm.
     """
+    from keras_vit.model import VisionTransformer, check_model_options
+    from keras_vit.preprocessing import adapt_to_channels
+
     if pretrained:
         from keras_vit.weights.hub import load_pretrained
 
@@ -96,4 +100,6 @@ def create_model(preset: str = "vit_mnist", pretrained: bool = False, **override
 
 def count_params(model: keras.Model) -> int:
     """Total number of parameters (trainable and not)."""
+    import keras
+
     return int(sum(int(keras.ops.size(v)) for v in model.weights))

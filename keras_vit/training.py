@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,105 +31,14 @@ import numpy as np
 
 from keras_vit.augment import build_augmentation, resolve_policy
 from keras_vit.datasets import Dataset, check_labels, match_model
-from keras_vit.errors import KerasViTError, UserInputError
+from keras_vit.errors import KerasViTError, TrainingInterrupted, UserInputError
 from keras_vit.io import atomic_save_model, atomic_write_json
+from keras_vit.options import MIXED_PRECISION_POLICIES, TEST_TIME_AUGMENTATIONS, TrainConfig, TrainRecord  # noqa: F401
 from keras_vit.preprocessing import channel_constants as preprocessing_constants
 from keras_vit.preprocessing import normalize, preprocess
 
-#: ``--mixed-precision`` values and the Keras dtype policies they select.
-MIXED_PRECISION_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-#: ``evaluate(tta=...)`` / ``--tta`` values: none, or each image and its left-right mirror.
-TEST_TIME_AUGMENTATIONS = ("none", "flip")
-
 #: Variables (by name) that AdamW does not decay.
 NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "class_token", "position_embedding"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything the recipe needs besides the model and the data.
-
-    The defaults were tuned on ``vit_mnist``: 5 epochs on MNIST (batch 64, peak learning rate 2e-3 after
-    half an epoch of warm-up, no augmentation) reach 98.2 % test accuracy; batch 128 at 1e-3 with one
-    warm-up epoch and augmentation reached 95.9 %.
-
-    Attributes:
-        epochs: passes over the training split.
-        batch_size: images per step.
-        learning_rate: peak learning rate, reached after the warm-up.
-        weight_decay: AdamW's decoupled weight decay.
-        warmup_epochs: length of the linear warm-up (may be fractional).
-        label_smoothing: label smoothing of the cross-entropy loss.
-        validation_split: fraction of the training split held out for validation (seeded).
-        augment: ``"auto"`` (by dataset, and none for runs under 30 epochs), ``"none"``, or a policy of
-            :mod:`keras_vit.augment`.
-        seed: seeds weights' initialisation (when the caller builds the model after
-            :func:`set_seed`), the validation split, shuffling and augmentation.
-        output_dir: where ``model.keras``, ``history.json``, ``checkpoints/`` and ``backup/`` go;
-            ``None`` writes nothing (and cannot resume).
-        mixed_precision: ``None``, ``"bfloat16"`` or ``"float16"``; the model must have been built under
-            it (see :func:`mixed_precision`).
-        jit_compile: passed to ``model.compile`` (``"auto"``: XLA on TensorFlow/JAX where supported).
-        checkpoints: save ``checkpoints/epoch_NNN.keras`` after every epoch.
-        keep_checkpoints: how many of the newest epoch checkpoints to keep.
-        clipnorm: global gradient-norm clipping (``None`` for none).
-        pipeline: ``"auto"`` (``tf.data`` when TensorFlow is installed), ``"tf.data"`` or ``"pydataset"``.
-        verbose: Keras' ``fit`` verbosity (``"auto"``/1: progress bar, 2: one line per epoch, 0: silent).
-        distribute: ``"none"``, ``"data-parallel"`` or ``"auto"`` (:mod:`keras_vit.distribute`). With data
-            parallelism ``batch_size`` is the global batch (split over the devices, learning rate kept) and
-            the model must have been built in ``configure_distribution(distribute, devices).scope()``.
-        devices: data parallelism over the first ``devices`` devices only (one machine; ``None``: all).
-        tta: ``"flip"`` also reports the test accuracy with flip test-time augmentation (``record
-            ["test_tta"]``, see :func:`evaluate`); ``record["test"]`` stays the single-view figure.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.1
-    validation_split: float = 0.1
-    augment: str = "auto"
-    seed: int = 0
-    output_dir: str | None = None
-    mixed_precision: str | None = None
-    jit_compile: bool | str = "auto"
-    checkpoints: bool = True
-    keep_checkpoints: int = 3
-    clipnorm: float | None = 1.0
-    pipeline: str = "auto"
-    verbose: int | str = "auto"
-    distribute: str = "none"
-    devices: int | None = None
-    tta: str = "none"
-
-    def validate(self) -> None:
-        """Raise :class:`UserInputError` for values that cannot work."""
-        checks = [
-            (int(self.epochs) >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (int(self.batch_size) >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             f"learning rate must be a positive number, got {self.learning_rate}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (0 <= self.validation_split < 1,
-             f"validation split must be in [0, 1), got {self.validation_split}"),
-            (self.mixed_precision in (None, *MIXED_PRECISION_POLICIES),
-             f"mixed precision must be bfloat16 or float16, got {self.mixed_precision!r}"),
-            (self.jit_compile in (True, False, "auto"), f"jit_compile must be True, False or 'auto', "
-                                                        f"got {self.jit_compile!r}"),
-            (self.pipeline in ("auto", "tf.data", "pydataset"),
-             f"pipeline must be auto, tf.data or pydataset, got {self.pipeline!r}"),
-            (self.distribute in ("auto", "none", "data-parallel"),
-             f"distribute must be auto, none or data-parallel, got {self.distribute!r}"),
-            (self.tta in TEST_TIME_AUGMENTATIONS,
-             f"test-time augmentation must be {' or '.join(TEST_TIME_AUGMENTATIONS)}, got {self.tta!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserInputError(message[0].upper() + message[1:] + ".")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,7 +253,13 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose restore failure (a backup of another model) is a clear user error."""
+    """``BackupAndRestore`` that says when it resumes, counts the epochs it has backed up, and turns a
+    backup of another model into a clear user error. Keras deletes the backup when training ends."""
+
+    def __init__(self, backup_dir: str, epochs: int, verbose: bool = True):
+        super().__init__(backup_dir)
+        self.epochs, self.verbose = int(epochs), verbose
+        self.saved_epochs = 0  # epochs whose weights are in the backup
 
     def on_train_begin(self, logs=None):
         try:
@@ -355,6 +270,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 f"Cannot resume from {self.backup_dir}: it is the backup of a different run ({detail}); "
                 "delete that folder to start afresh, or choose another --output."
             ) from None
+        self.saved_epochs = int((_read_json(Path(self._training_metadata_path)) or {}).get("epoch", 0))
+        self._current_epoch = self.saved_epochs
+        if self.saved_epochs and self.verbose:
+            print(f"Resuming from epoch {min(self.saved_epochs + 1, self.epochs)} of {self.epochs}: the "
+                  f"{self.saved_epochs} completed epoch{'s' if self.saved_epochs != 1 else ''} "
+                  f"restored from {self.backup_dir}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.saved_epochs = epoch + 1
 
 
 class EpochCheckpoints(keras.callbacks.Callback):
@@ -380,21 +305,24 @@ class EpochCheckpoints(keras.callbacks.Callback):
 class HistoryRecorder(keras.callbacks.Callback):
     """Collect per-epoch logs (joined with the epochs of an interrupted run) and write them as JSON."""
 
-    def __init__(self, record: dict, path: Path | None, previous: dict | None, optimizer_lr):
+    def __init__(self, record: dict, path: Path | None, previous: dict | None, optimizer_lr,
+                 backup: ResumableBackup | None = None):
         super().__init__()
         self.record, self.path, self.previous = record, path, previous or {}
         self._lr = optimizer_lr
-        self._started: float | None = None
+        self.backup = backup  # runs before this callback: it knows how many epochs were restored
         self._epoch_start = 0.0
 
+    def on_train_begin(self, logs=None):
+        epoch = self.backup.saved_epochs if self.backup is not None else 0  # > 0 after a resume
+        kept = {k: list(v[:epoch]) for k, v in self.previous.get("history", {}).items()}
+        if epoch and len(kept.get("epoch", [])) == epoch:
+            self.record["history"] = kept
+            self.record["resumed_at_epoch"] = epoch + 1
+            self.record["epochs_completed"] = epoch
+            self.record["train_time_s"] = float(self.previous.get("train_time_s", 0.0))
+
     def on_epoch_begin(self, epoch, logs=None):
-        if self._started is None:  # first epoch of this run: `epoch` > 0 after a resume
-            self._started = time.perf_counter()
-            kept = {k: list(v[:epoch]) for k, v in self.previous.get("history", {}).items()}
-            if epoch and len(kept.get("epoch", [])) == epoch:
-                self.record["history"] = kept
-                self.record["resumed_at_epoch"] = epoch + 1
-                self.record["train_time_s"] = float(self.previous.get("train_time_s", 0.0))
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -425,17 +353,19 @@ def _model_input(model: keras.Model) -> tuple[tuple[int, int], int, dict, int]:
 
 
 def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
-        callbacks: list[keras.callbacks.Callback] | None = None, distribution: Any = None) -> dict[str, Any]:
-    """Train ``model`` on ``dataset`` with the recipe; returns the run's record (also ``history.json``).
+        callbacks: list[keras.callbacks.Callback] | None = None, distribution: Any = None) -> TrainRecord:
+    """Train ``model`` on ``dataset`` with the recipe; returns the run's :class:`TrainRecord` (a dict, also
+    written as ``history.json``; its ``"history"`` holds the per-epoch figures).
 
     The model is (re)compiled here. Images are resized / channel-converted to the model's input if
     they differ (a note says so). With ``config.output_dir``, a rerun after an interruption resumes
     from the last completed epoch, and the trained model is written to ``output_dir/model.keras``.
 
     Returns:
-        ``{"history": {"epoch": [...], "loss": [...], "accuracy": [...], "val_loss": ...,
+        The record: ``{"history": {"epoch": [...], "loss": [...], "accuracy": [...], "val_loss": ...,
         "val_accuracy": ..., "learning_rate": ..., "epoch_time_s": ...}, "test": {"accuracy", "loss"},
-        "epochs_completed", "train_time_s", "config", "dataset", "model", "device", "augmentation"}``.
+        "epochs_completed", "train_time_s", "config", "dataset", "model", "device", "augmentation", ...}``
+        (every key: :class:`keras_vit.options.TrainRecord`).
 
     ``distribution``: an optional :class:`keras_vit.distribute.Distribution`; the model must have been
     built in its ``scope()``. Compiling and fitting then run in that scope, its ``prepare_optimizer`` and
@@ -486,7 +416,7 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     out = Path(config.output_dir) if config.output_dir else None
     history_path = out / "history.json" if out and chief else None
     previous = _read_json(history_path) if history_path and (out / "backup").is_dir() else None
-    record: dict[str, Any] = {
+    record: TrainRecord = {
         "status": "running",
         "dataset": dataset.name,
         "model": {"name": model.name, "preset": getattr(model, "preset", None),
@@ -501,24 +431,29 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         "epochs_completed": 0,
         "train_time_s": 0.0,
     }
-    recorder = HistoryRecorder(record, history_path, previous, lambda: optimizer.learning_rate)
-    all_callbacks: list[keras.callbacks.Callback] = [NaNGuard(config.learning_rate, config.verbose in ("auto", 1))]
+    guard = NaNGuard(config.learning_rate, config.verbose in ("auto", 1))
+    all_callbacks: list[keras.callbacks.Callback] = [guard]
+    backup = None
     if out:
-        backup = out / "backup" if chief else out / f"backup_worker_{distribution.worker_index}"
-        all_callbacks.append(ResumableBackup(str(backup)))
+        backup_dir = out / "backup" if chief else out / f"backup_worker_{distribution.worker_index}"
+        backup = ResumableBackup(str(backup_dir), int(config.epochs), verbose=bool(config.verbose) and chief)
+        all_callbacks.append(backup)
         if config.checkpoints:  # every process saves in step; only the chief keeps the files
             all_callbacks.append(EpochCheckpoints(out / "checkpoints", config.keep_checkpoints, publish=chief))
+    recorder = HistoryRecorder(record, history_path, previous, lambda: optimizer.learning_rate, backup)
     all_callbacks += [recorder, *(callbacks or [])]
 
     if config.verbose:
         print(f"Training {model.name} ({record['model']['parameters']:,} parameters) on {data.describe()}")
-        print(f"  {len(x_train):,} train / {len(x_val):,} validation images, {config.epochs} epochs of "
-              f"{steps_per_epoch} steps (batch {config.batch_size}), augmentation {policy}, "
+        print(f"  {len(x_train):,} train / {len(x_val):,} validation images, {_count(config.epochs, 'epoch')} of "
+              f"{_count(steps_per_epoch, 'step')} (batch {config.batch_size}), augmentation {policy}, "
               f"{record['device']}" + (f", {config.mixed_precision}" if config.mixed_precision else ""))
         if distribution is not None:
             print(f"  {distribution.describe()}")
         for text in dataset.notes:
             print(f"  note: {text}")
+        if out and chief:
+            _say_how_it_starts(out)
     try:
         with scope:
             model.compile(
@@ -543,11 +478,31 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
         record["status"] = f"failed: {err}" if isinstance(err, KerasViTError) else "interrupted"
         if history_path is not None:
             atomic_write_json(record, history_path)
+        if isinstance(err, KeyboardInterrupt) and not isinstance(err, TrainingInterrupted):
+            completed = backup.saved_epochs if backup is not None else 0
+            running = None if completed >= int(config.epochs) else max(guard.epoch, completed) + 1
+            raise TrainingInterrupted(running, int(config.epochs), completed,
+                                      backup.backup_dir if backup is not None else None) from err
         raise
     record["status"] = "completed"
     if history_path is not None:
         atomic_write_json(record, history_path)
     return record
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"``."""
+    return f"{n} {noun}{'' if int(n) == 1 else 's'}"
+
+
+def _say_how_it_starts(out: Path) -> None:
+    """One line when ``out`` holds an earlier run that this one does not resume (a resume says so itself)."""
+    if (out / "backup").is_dir():
+        return
+    if (out / "model.keras").exists():
+        print(f"Starting over: {out} holds a finished run; its model.keras will be replaced", flush=True)
+    elif ((_read_json(out / "history.json") or {}).get("status")) == "interrupted":
+        print(f"Starting over: the interrupted run in {out} left no backup to resume from", flush=True)
 
 
 def evaluate(

@@ -89,7 +89,7 @@ def test_train_writes_model_and_history_and_prints_test_accuracy(trained):
     accuracy = record["test"]["accuracy"]
     assert f"Test accuracy: {accuracy:.2%} " in stdout
     assert f", {record['test_tta']['accuracy']:.2%} with flip test-time augmentation;" in stdout
-    assert "on 32 tiny test images, " in stdout and "; 1 epochs in" in stdout
+    assert "on 32 tiny test images, " in stdout and "; 1 epoch in " in stdout and "1 epoch of 4 steps" in stdout
     assert record["status"] == "completed" and record["history"]["epoch"] == [1]
     assert record["config"]["seed"] == 3 and record["config"]["batch_size"] == 32
     model = keras.saving.load_model(out / "model.keras")
@@ -246,3 +246,94 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     last = proc.stderr.strip().splitlines()[-1]
     assert last == f"keras-vit evaluate: error: Model file not found: {tmp_path}/m.keras."
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupt, resume, rerun: each says what happened in one line
+
+
+class _CtrlC(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt (as Ctrl-C does) at batch ``batch`` of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture()
+def interrupt_at(monkeypatch):
+    """``interrupt_at(epoch, batch)``: the next ``keras-vit train`` in this process is interrupted there."""
+    import keras_vit.training as training
+
+    real_fit = training.fit
+
+    def arm(epoch, batch):
+        monkeypatch.setattr(training, "fit", lambda model, data, config: real_fit(
+            model, data, config, callbacks=[_CtrlC(epoch, batch)]))
+    yield arm
+
+
+def test_interrupt_resume_and_rerun_say_what_happens(tiny_npz, tmp_path, capsys, interrupt_at, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "32", "--output", str(out),
+            "--quiet"]
+    command = "keras-vit " + " ".join(argv)
+    interrupt_at(1, 1)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (f"keras-vit train: interrupted in epoch 2 of 2; 1 completed epoch backed "
+                                            f"up in {out}/backup; resume with: {command}")
+    monkeypatch.undo()
+
+    code, stdout, _ = run_cli(capsys, *argv)
+    assert code == 0
+    assert f"Resuming from epoch 2 of 2: the 1 completed epoch restored from {out}/backup\n" in stdout
+    record = json.loads((out / "history.json").read_text())
+    assert record["resumed_at_epoch"] == 2 and record["history"]["epoch"] == [1, 2]
+
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "train", f"{out} holds a finished run (model.keras); pass --overwrite to train "
+                                              "again from the start, or choose another --output.")
+    code, stdout, _ = run_cli(capsys, *argv, "--overwrite", "--epochs", "1")
+    assert code == 0
+    assert f"Starting over: {out} holds a finished run; its model.keras will be replaced\n" in stdout
+    assert json.loads((out / "history.json").read_text())["history"]["epoch"] == [1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001.keras"]
+
+
+def test_interrupt_before_an_epoch_completed_says_a_rerun_starts_over(tiny_npz, tmp_path, capsys, interrupt_at):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "32", "--output", str(out),
+            "--quiet"]
+    interrupt_at(0, 1)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        f"keras-vit train: interrupted in epoch 1 of 2, before the first epoch completed (a rerun starts over); "
+        f"start again with: keras-vit {' '.join(argv)}")
+    code, stdout, _ = run_cli(capsys, *argv)  # interrupted again, after saying how it starts
+    assert code == 130
+    assert f"Starting over: the interrupted run in {out} left no backup to resume from\n" in stdout
+
+
+def test_training_interrupted_messages():
+    from keras_vit.errors import TrainingInterrupted
+
+    assert isinstance(TrainingInterrupted(1, 2, 0, "b"), KeyboardInterrupt)
+    assert str(TrainingInterrupted(3, 10, 2, "runs/x/backup")) == (
+        "interrupted in epoch 3 of 10; 2 completed epochs backed up in runs/x/backup")
+    assert TrainingInterrupted(3, 10, 2, "runs/x/backup").resumable
+    assert str(TrainingInterrupted(1, 10, 0, "b")) == (
+        "interrupted in epoch 1 of 10, before the first epoch completed (a rerun starts over)")
+    assert str(TrainingInterrupted(2, 10, 1, None)) == ("interrupted in epoch 2 of 10 (no output folder: nothing to "
+                                                        "resume)")
+    last = TrainingInterrupted(None, 10, 10, "b")
+    assert not last.resumable and str(last) == ("interrupted after the last of 10 epochs, before the model was "
+                                                "tested and saved (a rerun starts over)")

@@ -236,6 +236,18 @@ def test_text_output_for_folders_and_arrays_matches_reference(kit, capsys):
         np.testing.assert_allclose([p for _, p in answers], probs[top], atol=6e-5)
 
 
+def test_options_may_come_anywhere_between_the_inputs(kit, capsys):
+    """``infer.py model.onnx --top-k 3 photo.png`` (an option between the model and the inputs) works as
+    every Unix tool does, and gives the output of the options-last form."""
+    images = sorted(str(p) for p in kit["folder"].glob("*.png"))
+    expected = run_main(capsys, kit["model"], *images, "--top-k", "3", "--json")
+    assert expected[0] == 0 and len(expected[1].splitlines()) == len(images) == 4
+    for argv in ([kit["model"], "--top-k", "3", *images, "--json"],
+                 ["--json", kit["model"], images[0], "--top-k", "3", *images[1:]],
+                 ["--top-k=3", kit["model"], *images[:2], "--json", *images[2:]]):
+        assert run_main(capsys, *argv) == expected, argv
+
+
 def test_json_lines_schema_and_array_paths(kit, capsys):
     code, out, _ = run_main(capsys, kit["model"], kit["root"] / "digits.npz", "--json", "--top-k", "2")
     assert code == 0

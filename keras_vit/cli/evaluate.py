@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from keras_vit.training import TEST_TIME_AUGMENTATIONS
+    from keras_vit.options import TEST_TIME_AUGMENTATIONS
 
     parser = subparsers.add_parser(
         "evaluate", help="accuracy and loss of a saved model on a dataset's test split",
@@ -32,16 +32,16 @@ def register(subparsers) -> None:
 
 def load_vit_model(path: str | os.PathLike):
     """Load a keras-vit ``.keras`` model (safe mode); :class:`UserInputError` if it is not one."""
-    import keras
-
     from keras_vit.errors import UserInputError
-    from keras_vit.model import VisionTransformer
 
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"Model file not found: {path}.")
     if path.suffix != ".keras":
         raise UserInputError(f"{path} is not a .keras file; pass a model saved by keras-vit (model.keras).")
+    import keras  # only now: a wrong path is reported without loading a framework
+
+    from keras_vit.model import VisionTransformer
     try:
         model = keras.saving.load_model(path)
     except Exception as err:
@@ -58,11 +58,11 @@ def load_vit_model(path: str | os.PathLike):
 def run(args: argparse.Namespace) -> int:
     from keras_vit.datasets import load_dataset, note
     from keras_vit.errors import UserInputError
-    from keras_vit.training import evaluate
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}.")
     model = load_vit_model(args.model)
+    from keras_vit.training import evaluate
     dataset = load_dataset(args.dataset, args.data_dir)
     if model.class_names and list(model.class_names[:dataset.num_classes]) != list(dataset.class_names):
         note(f"the model's classes ({', '.join(model.class_names[:4])}, ...) are not {dataset.name}'s "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
+import shlex
 import sys
 import traceback
 
@@ -39,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns (and, as a console script, exits with) the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run the command line; returns (and, as a console script, exits with) the exit code.
+
+    Parsing (``--help``, usage errors) loads no framework: sub-commands import them in their ``run``.
+    """
+    from keras_vit.startup import quiet_tensorflow
+
+    quiet_tensorflow()
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -55,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"keras-vit {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        if sys.stdout.isatty():  # end the progress bar's line
+            print(flush=True)
+        print(f"keras-vit {args.command}: {_interrupted(err, argv)}", file=sys.stderr)
         return 130
     except Exception as err:  # anything unexpected: still one line, unless --debug
         if args.debug:
@@ -66,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _interrupted(err: KeyboardInterrupt, argv: list[str]) -> str:
+    """``interrupted``, and for training where it stopped and the command that resumes it."""
+    from keras_vit.errors import TrainingInterrupted
+
+    if not isinstance(err, TrainingInterrupted):
+        return "interrupted"
+    command = shlex.join(["keras-vit", *argv])
+    if err.resumable:
+        return f"{err}; resume with: {command}"
+    return f"{err}; start again with: {command}" if err.backup_dir else str(err)
 
 
 if __name__ == "__main__":

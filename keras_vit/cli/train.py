@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from pathlib import Path
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +47,13 @@ class _GivenPreset(argparse.Action):
 
 
 def register(subparsers) -> None:
-    from keras_vit.training import TEST_TIME_AUGMENTATIONS, TrainConfig
+    from keras_vit.options import (
+        AUGMENT_POLICIES,
+        DISTRIBUTE_MODES,
+        MIXED_PRECISION_POLICIES,
+        TEST_TIME_AUGMENTATIONS,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     parser = subparsers.add_parser(
@@ -83,7 +91,7 @@ def register(subparsers) -> None:
     parser.add_argument("--label-smoothing", type=_number(0, 1), default=d.label_smoothing,
                         help=f"default {d.label_smoothing:g}")
     parser.add_argument("--augment", default=d.augment,
-                        choices=["auto", "none", "digits", "fashion", "natural", "light", "mirror"],
+                        choices=("auto", *AUGMENT_POLICIES),
                         help="augmentation policy (auto: by dataset for runs of 30+ epochs, none for shorter "
                              "runs; digits are never flipped)")
     parser.add_argument("--tta", default=d.tta, choices=TEST_TIME_AUGMENTATIONS,
@@ -95,13 +103,13 @@ def register(subparsers) -> None:
     parser.add_argument("--output", metavar="DIR",
                         help="output folder (default runs/<preset>_<dataset>)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    parser.add_argument("--mixed-precision", choices=["bfloat16", "float16"],
+    parser.add_argument("--mixed-precision", choices=tuple(MIXED_PRECISION_POLICIES),
                         help="train in mixed precision (the head stays float32)")
     parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                         help="force XLA compilation on or off (default: Keras' auto)")
     parser.add_argument("--checkpoints", action=argparse.BooleanOptionalAction, default=d.checkpoints,
                         help="save OUTPUT/checkpoints/epoch_NNN.keras after every epoch (default on)")
-    parser.add_argument("--distribute", choices=["auto", "none", "data-parallel"], default=d.distribute,
+    parser.add_argument("--distribute", choices=DISTRIBUTE_MODES, default=d.distribute,
                         help="data-parallel: split each batch over every device (JAX: keras.distribution, "
                              "several hosts via KERAS_DISTRIBUTION_*; TensorFlow: MirroredStrategy, several hosts "
                              "via TF_CONFIG); auto: data-parallel when more than one GPU/TPU is visible or a "
@@ -109,11 +117,19 @@ def register(subparsers) -> None:
                              f"global batch. Default {d.distribute}")
     parser.add_argument("--devices", type=_positive_int, metavar="N",
                         help="with --distribute: use only the first N devices of this machine (default all)")
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="one line per epoch instead of progress bars (the default when the output is not "
+                             "a terminal)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again from the start when OUTPUT holds a finished run (its model.keras and "
+                             "checkpoints are replaced); without it such a run is refused")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from keras_vit.startup import backend_note
+
+    print(backend_note(), flush=True)  # before the framework loads: it says what is being loaded
     from keras_vit.datasets import load_dataset
     from keras_vit.distribute import configure_distribution
     from keras_vit.training import mixed_precision
@@ -127,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_dir)
     config = _config(args, dataset.name)
     config.validate()
+    _check_finished_run(Path(config.output_dir), args.overwrite)
     with mixed_precision(config.mixed_precision):
         with distribution.scope():
             model = _build_model(args, dataset)
@@ -134,18 +151,32 @@ def run(args: argparse.Namespace) -> int:
 
         record = fit(model, dataset, config)
     test = record["test"]
+    epochs = f"{record['epochs_completed']} epoch{'' if record['epochs_completed'] == 1 else 's'}"
     with_tta = (f", {record['test_tta']['accuracy']:.2%} with {config.tta} test-time augmentation"
                 if "test_tta" in record else "")
     print(f"Test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on {test['images']:,} "
-          f"{dataset.name} test images{with_tta}; {record['epochs_completed']} epochs in "
+          f"{dataset.name} test images{with_tta}; {epochs} in "
           f"{record['train_time_s']:.0f} s")
     if distribution.is_chief:
         print(f"Saved {config.output_dir}/model.keras and {config.output_dir}/history.json")
     return 0
 
 
+def _check_finished_run(output: Path, overwrite: bool) -> None:
+    """Refuse to retrain over a finished run unless ``--overwrite`` (whose old checkpoints go first)."""
+    from keras_vit.errors import UserInputError
+
+    if not (output / "model.keras").exists() or (output / "backup").is_dir():
+        return  # a new run, or an interrupted one that resumes
+    if not overwrite:
+        raise UserInputError(f"{output} holds a finished run (model.keras); pass --overwrite to train again "
+                             "from the start, or choose another --output.")
+    for old in (output / "checkpoints").glob("epoch_*.keras"):
+        old.unlink()
+
+
 def _config(args: argparse.Namespace, dataset_name: str):
-    from keras_vit.training import TrainConfig
+    from keras_vit.options import TrainConfig
 
     output = args.output or f"runs/{args.preset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset_name)}"
     return TrainConfig(
@@ -154,7 +185,9 @@ def _config(args: argparse.Namespace, dataset_name: str):
         label_smoothing=args.label_smoothing, validation_split=args.validation_split,
         augment=args.augment, seed=args.seed, output_dir=output, mixed_precision=args.mixed_precision,
         jit_compile="auto" if args.jit_compile is None else args.jit_compile,
-        checkpoints=args.checkpoints, verbose=2 if args.quiet else "auto",
+        # Progress bars redraw one line: in a log file (stdout not a terminal) each epoch became 16 KB of
+        # redraws. There, and with --quiet, Keras prints one line per epoch instead.
+        checkpoints=args.checkpoints, verbose=2 if args.quiet or not sys.stdout.isatty() else "auto",
         distribute=args.distribute, devices=args.devices, tta=args.tta,
     )
 
