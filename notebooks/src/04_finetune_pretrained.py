@@ -37,7 +37,6 @@ from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
-import numpy as np
 
 import keras_vit
 from keras_vit.datasets import convert_channels, load_dataset, preprocess, resize_images
@@ -121,12 +120,12 @@ print(f"\nfine-tuned in {finetuned['train_time_s']:.0f} s; test accuracy {finetu
 
 # %% [markdown]
 # ## The same architecture from scratch
-# The same model (same configuration, same preprocessing) with random weights, trained by the same recipe
+# The same model (same configuration, same preprocessing) with fresh random weights, trained by the same recipe
 # for the same number of steps (a higher learning rate suits random weights). Nothing is written for it.
 
 # %%
 set_seed(SEED)
-scratch_model = keras_vit.VisionTransformer.from_config(model.get_config())  # fresh random weights
+scratch_model = keras_vit.VisionTransformer.from_config({**model.get_config(), "name": "vit_from_scratch"})
 scratch = fit(scratch_model, data, recipe(SCRATCH_LR, None))
 print(f"\nfrom scratch in {scratch['train_time_s']:.0f} s; test accuracy {scratch['test']['accuracy']:.2%}")
 
