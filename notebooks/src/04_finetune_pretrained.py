@@ -94,8 +94,8 @@ del published
 
 # %% [markdown]
 # For our data: a new, zero-initialised 10-class head (with the dataset's class names as labels) and a
-# `IMAGE_SIZE` input; the 14x14 grid of learned positional embeddings is resized bicubically to the new
-# patch grid. The transformer blocks keep their pretrained weights.
+# `IMAGE_SIZE` input; the grid of learned positional embeddings (14x14 at 224 pixels) is resized
+# bicubically to the new patch grid. The transformer blocks keep their pretrained weights.
 
 # %%
 model = keras_vit.create_model(PRETRAINED, pretrained=True, num_classes=data.num_classes,
