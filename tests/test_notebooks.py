@@ -134,3 +134,49 @@ def test_03_export(kernel_env, trained_model):
         assert (export_dir / name).exists(), name
     assert "edge runtime on" in text
     assert images_in(nb) == 1
+
+
+@pytest.mark.slow
+def test_04_finetune_pretrained(kernel_env, tmp_path, monkeypatch):
+    """Notebook 4 fine-tunes the default pretrained name from a private offline Hub cache.
+
+    The cache holds a timm ViT-Ti/16 (timm's own layout and ``config.json``: patch 16, width 192, 3 heads;
+    2 blocks instead of 12 to keep the test short; random weights) under the notebook's default name, so
+    the run checks the plumbing, not the accuracy.
+    """
+    import importlib.util
+
+    pytest.importorskip("huggingface_hub")
+    pytest.importorskip("safetensors")
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    from keras_vit.testing import import_timm, save_to_hub_cache
+
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    nb_source = nbformat.read(NOTEBOOKS / "04_finetune_pretrained.ipynb", as_version=4)
+    parameters = next(c.source for c in nb_source.cells if "parameters" in c.metadata.get("tags", []))
+    assert f'PRETRAINED = "{name}"' in parameters  # the cache below holds the notebook's default
+    home = tmp_path / "hf_home"
+    timm_model = import_timm().create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
+    save_to_hub_cache(timm_model, home / "hub", f"timm/{name}")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "finetuned"
+    nb = run_notebook("04_finetune_pretrained.ipynb", dict(
+        DATASET="sample", IMAGE_SIZE=32, EPOCHS=1, TRAIN_SAMPLES=128, TEST_SAMPLES=64, BATCH_SIZE=32,
+        OUTPUT_DIR=str(output),
+    ), kernel_env)
+    text = outputs_text(nb)
+    assert "as published: 224x224x3 input, 1000 classes" in text
+    assert "fine-tuning model: 32x32 input = 2x2 patches, 10 classes" in text
+    assert "| from scratch" in text and f"| pretrained {name}" in text
+    assert images_in(nb) == 2  # sample images, curves
+    import keras
+
+    import keras_vit  # noqa: F401 - registers the model class for loading
+
+    model = keras.saving.load_model(output / "model.keras")
+    assert model.num_classes == 10 and model.image_size == (32, 32) and model.channels == 3
+    assert model.class_names == [str(i) for i in range(10)]
+    assert model.preprocessing["mean"] == [0.5] * 3  # the checkpoint's normalisation, from its config.json
