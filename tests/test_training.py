@@ -333,12 +333,14 @@ def test_mixed_precision_bfloat16_fit(small_sample):
     assert math.isfinite(record["history"]["loss"][0])
 
 
-def test_short_real_mnist_fit_reaches_80_percent(data_dir):
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_short_real_mnist_fit_reaches_80_percent(real_data_dir):
     """vit_mnist with the default recipe, 8,000 real MNIST training images, 3 epochs of batch 64 (375 steps).
 
     Stated accuracy: >= 80 % on the first 2,000 test images (measured 84.5 %; about 2-3 minutes on two
     busy CPU cores). ViTs start slowly: the full 5-epoch MNIST run reaches 98 %."""
-    full = load_dataset("mnist", data_dir)
+    full = load_dataset("mnist", real_data_dir)
     ds = Dataset(full.x_train[:8000], full.y_train[:8000], full.x_test[:2000], full.y_test[:2000],
                  full.class_names, "mnist")
     keras.utils.set_random_seed(0)
