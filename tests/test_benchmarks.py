@@ -40,6 +40,7 @@ def test_training_only_updates_the_training_part_and_keeps_the_rest(tiny_results
     updated = json.loads((tmp_path / "results.json").read_text())
     assert updated["models"] == results["models"] and updated["roofline"] == results["roofline"]
     assert updated["training"]["tiny"]["images_per_s"]["tensorflow"] > 0
+    assert updated["training"]["tiny"]["measured_by"]["timm"] == updated["training_run"]["command"]
     assert updated["training_run"]["command"] == "python -m benchmarks.run --tiny --training-only --output-dir " + str(
         tmp_path)
     markdown = (tmp_path / "results.md").read_text()
@@ -48,6 +49,35 @@ def test_training_only_updates_the_training_part_and_keeps_the_rest(tiny_results
                               "--output-dir", str(tmp_path / "none")], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "--training-only needs an earlier" in missing.stderr
+
+
+def test_training_only_merges_by_model_and_side_instead_of_replacing():
+    """A later ``--training-only`` run keeps the sides, models and paired figures it did not re-measure."""
+    from benchmarks.run import merge_training
+
+    def side(ips):
+        return {"runs": {"0": [{"images_per_s": ips}]}, "images_per_s": ips, "best_threads": "0",
+                "images_per_cpu_s": ips / 2, "measured_by": f"run {ips}"}
+
+    def entry(batch, sides, paired=None):
+        out = {"batch": batch, "steps": 5, **{k: {s: v[k] for s, v in sides.items()} for k in
+                                               ("runs", "images_per_s", "best_threads", "images_per_cpu_s",
+                                                "measured_by")}}
+        return {**out, "paired": paired} if paired else out
+
+    paired = {"torch-eager": {"ratio": {"0": 1.07}, "measured_by": "paired run"}}
+    old = {"vit_tiny": entry(32, {"torch": side(20.0), "timm": side(18.0)}, paired), "vit_mnist": entry(128, {})}
+    new = {"vit_tiny": entry(32, {"torch": side(21.0)})}
+    merged = merge_training(old, new)
+    tiny = merged["vit_tiny"]
+    assert tiny["images_per_s"] == {"torch": 21.0, "timm": 18.0}
+    assert tiny["measured_by"] == {"torch": "run 21.0", "timm": "run 18.0"}
+    assert tiny["runs"]["timm"] == {"0": [{"images_per_s": 18.0}]} and tiny["paired"] == paired
+    assert merged["vit_mnist"] == old["vit_mnist"]
+    assert old["vit_tiny"]["images_per_s"] == {"torch": 20.0, "timm": 18.0}  # the inputs are not modified
+    # Another batch size: the old unpaired figures are not comparable and go; the paired ones stay.
+    other = merge_training(old, {"vit_tiny": entry(64, {"torch": side(30.0)})})["vit_tiny"]
+    assert other["images_per_s"] == {"torch": 30.0} and other["paired"] == paired
 
 
 def test_json_structure(tiny_results):
