@@ -129,6 +129,25 @@ def trained_mnist_model(tmp_path_factory):
     return path
 
 
+# --- The quick suite: `pytest -m "not slow"` --------------------------------------------------------
+
+#: Fixtures that train or run whole programs; every test that uses one (directly or through another
+#: fixture) is marked ``slow``.
+SLOW_FIXTURES = {
+    "trained_mnist_model": "trains vit_mnist for about 190 steps",
+    "finetuned": "fine-tunes a timm ViT for 376 steps",
+    "tiny_results": "runs python -m benchmarks.run --tiny",
+    "jax_run": "trains in a 2-device JAX subprocess",
+    "tf_run": "trains in a 2-device TensorFlow subprocess",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # --- CI: a skip that tests/allowed_skips.py does not list is a failure -------------------------------
 
 _unexpected_collection_skips: list[str] = []

@@ -129,6 +129,7 @@ def test_markdown_table(tiny_results):
     assert "1 thread(s), keras-vit optimized: batch-1 latency" in markdown
 
 
+@pytest.mark.slow
 def test_train_throughput_runs_a_tiny_case(tmp_path):
     """``benchmarks/train_throughput.py`` (the README's per-backend training figures) runs a case end to end."""
     out = tmp_path / "throughput.json"
@@ -155,6 +156,7 @@ def test_training_speed_sides_and_unknown_side():
     assert result["jit_compile"] is False and len(result["step_s"]) == 2 and result["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_training_runs_tiny_sides_and_reports_a_missing_backend_as_a_row(tmp_path):
     """The GPU training benchmark (mixed precision, timm AMP) runs end to end on a tiny model on the CPU.
 
@@ -176,6 +178,7 @@ def test_gpu_training_runs_tiny_sides_and_reports_a_missing_backend_as_a_row(tmp
     assert "providers" in results["onnxruntime"]
 
 
+@pytest.mark.slow
 def test_paired_training_speed_alternates_keras_torch_and_timm_in_one_process():
     """``paired=True``: a Keras PyTorch side and timm step in turn in one process; the ratio is per step pair."""
     from benchmarks.report import _training_table

@@ -36,6 +36,7 @@ def run_suite(tmp_path: Path, files: list[str], ci: str | None) -> subprocess.Co
                            *files], cwd=tests, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_quiet.py", "test_missing_module.py"])
 def test_unlisted_skip_fails_under_ci_only(tmp_path, name):
     done = run_suite(tmp_path, [name], ci="true")
@@ -45,6 +46,7 @@ def test_unlisted_skip_fails_under_ci_only(tmp_path, name):
     assert run_suite(tmp_path, [name], ci=None).returncode in (0, 5)  # passed; or no tests collected
 
 
+@pytest.mark.slow
 def test_listed_skip_passes_under_ci(tmp_path):
     done = run_suite(tmp_path, ["test_datasets.py"], ci="true")
     assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-2000:]
