@@ -26,6 +26,8 @@ ALLOWED_SKIPS: list[AllowedSkip] = [
                 "its stated accuracy is measured on 8,000 real training digits; the sample has 5,000"),
     AllowedSkip("tests/test_export_*.py::*", "exports run on TensorFlow",
                 "the export tests run once, under the TensorFlow backend (tests/run.sh repeats only `backends`)"),
+    AllowedSkip("tests/test_compat.py::*", "the corrections are to Keras' TensorFlow trainer",
+                "keras_vit.compat patches only Keras' TensorFlow trainer and optimizer"),
     AllowedSkip("tests/test_edge_runtime.py::*", "the parity export runs once, under the TensorFlow backend",
                 "as above: the export it needs is made under TensorFlow"),
 ]

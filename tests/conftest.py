@@ -105,9 +105,10 @@ def trained_mnist_model(tmp_path_factory):
     """A ``vit_mnist`` trained briefly (about 190 steps of batch 128) on MNIST, saved as ``.keras``; returns its path.
 
     Real MNIST's first 12,000 training digits for 2 epochs (188 steps) when found, else the sample
-    split's 4,000 for 6 epochs (192 steps). About 77-80 % on real MNIST's test digits: a real,
-    imperfect classifier whose near-ties make the INT8 agreement check meaningful, and enough for
-    export parity checks on real digits.
+    split's 4,000 for 6 epochs (192 steps). About 77-80 % on real MNIST's test digits; 81.05 % on the
+    sample split's 2,000 test digits (measured with this recipe in a script, TF CPU): a real, imperfect
+    classifier whose near-ties make the INT8 agreement check meaningful, and enough for export parity
+    checks on real digits.
     Plain ``compile``/``fit`` on purpose: it must not depend on the code under test in the training module.
     """
     import keras

@@ -10,7 +10,8 @@ import pytest
 from keras_vit import compat
 
 tf = pytest.importorskip("tensorflow")
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute corrections")
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="the corrections are to Keras' TensorFlow trainer")
 
 
 def test_versions_gate_each_fix():
