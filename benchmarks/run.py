@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     results["training"] = {}
     report_mod.write(results, Path(args.output_dir))  # the inference figures, in case training fails
     if not args.no_training:
-        results["training"] = benchmark_training(args.models, args, log)
+        results["training"] = _stamp(benchmark_training(args.models, args, log), command)
     results["environment"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.time() - started
     return _publish(results, args, log)
@@ -260,10 +260,44 @@ def _training_only(args, command: str, settings: dict, log) -> int:
         log(f"error: --training-only needs an earlier {previous} to update ({err})")
         return 2
     started = time.time()
-    results["training"] = {**results.get("training", {}), **benchmark_training(args.models, args, log)}
+    fresh = _stamp(benchmark_training(args.models, args, log), command)
+    results["training"] = merge_training(results.get("training", {}), fresh)
     results["training_run"] = {"command": command, "settings": settings, "environment": environment(),
                                "seconds": time.time() - started, "load_average_end": list(os.getloadavg())}
     return _publish(results, args, log)
+
+
+def _stamp(training: dict, command: str) -> dict:
+    """Name the command that measured each side and paired entry (kept through later merges)."""
+    for entry in training.values():
+        entry["measured_by"] = {side: command for side in entry["runs"]}
+        for paired in entry.get("paired", {}).values():
+            paired["measured_by"] = command
+    return training
+
+
+PER_SIDE_KEYS = ("runs", "images_per_s", "best_threads", "images_per_cpu_s", "measured_by")
+
+
+def merge_training(old: dict, new: dict) -> dict:
+    """The training entry with ``new``'s measurements merged in per model and side; nothing else is dropped.
+
+    A side measured again replaces that side's figures; the other sides, other models and every paired
+    measurement not re-run stay. When a model's batch or step count changed, its unpaired figures from
+    the old setting are not comparable and go (its paired ones, whose runs record their own batch, stay).
+    """
+    merged = {name: dict(entry) for name, entry in old.items()}
+    for name, fresh in new.items():
+        before = merged.get(name, {})
+        same_setting = (before.get("batch"), before.get("steps")) == (fresh.get("batch"), fresh.get("steps"))
+        entry = {**fresh}
+        for key in PER_SIDE_KEYS:
+            entry[key] = {**(before.get(key, {}) if same_setting else {}), **fresh.get(key, {})}
+        paired = {**before.get("paired", {}), **fresh.get("paired", {})}
+        if paired:
+            entry["paired"] = paired
+        merged[name] = entry
+    return merged
 
 
 def _publish(results: dict, args, log) -> int:

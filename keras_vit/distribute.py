@@ -23,7 +23,8 @@ What each mode does, per Keras backend:
   ``tf.distribute.MultiWorkerMirroredStrategy`` (worker 0, or the ``chief`` task, is the chief).
   Keras 3's ``fit`` fails under that strategy as released (keras-team/keras#20585: its symbolic build
   ``reduce``s the first distributed batch, and its per-step metric ``MEAN`` reduces scalars along axis
-  0); :func:`_fix_keras_multi_worker` corrects both, for multi-worker strategies only.
+  0); :mod:`keras_vit.compat` corrects both, for multi-worker strategies only. Every correction to Keras
+  applies only inside :meth:`Distribution.scope` and is undone when the block ends.
 * **PyTorch** -- Keras 3 has no distribution support for ``fit`` on the torch backend
   (``keras.distribution`` covers JAX, and ``tf.distribute`` is TensorFlow's; DistributedDataParallel
   needs a hand-written torch training loop, outside Keras' engine). ``"data-parallel"`` raises
@@ -44,12 +45,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 
+from keras_vit import compat
 from keras_vit.errors import KerasViTError, UserInputError
 from keras_vit.options import DISTRIBUTE_MODES as MODES  # ``--distribute`` values
 
@@ -86,6 +89,8 @@ class Distribution:
     worker_index: int = 0
     notes: list[str] = field(default_factory=list)
     strategy: Any = field(default=None, repr=False)  # keras.distribution.Distribution or tf.distribute.Strategy
+    _optimizers: list = field(default_factory=list, repr=False)  # weak references, for scope()'s corrections
+    _models: list = field(default_factory=list, repr=False)
 
     @property
     def num_replicas(self) -> int:
@@ -99,11 +104,22 @@ class Distribution:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """Build, compile, ``fit`` and ``predict`` inside this block (a new context each call)."""
+        """Build, compile, ``fit`` and ``predict`` inside this block (a new context each call).
+
+        Inside it, and only there, the Keras corrections of :mod:`keras_vit.compat` apply to the optimizers
+        and models passed to :meth:`prepare_optimizer` and :meth:`prepare_model`; they are undone on exit.
+        """
         if self.strategy is None:
             yield
             return
-        with self.strategy.scope():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.strategy.scope())
+            for optimizer in _alive(self._optimizers):
+                stack.enter_context(compat.clip_after_all_reduce(optimizer))
+            if self.engine == "tf.distribute.MultiWorkerMirroredStrategy":
+                stack.enter_context(compat.multi_worker_reduce())
+                for model in _alive(self._models):
+                    stack.enter_context(compat.multi_worker_build(model, self.strategy))
             yield
 
     def global_batch_size(self, batch_size: int) -> int:
@@ -124,12 +140,15 @@ class Distribution:
         """Make gradient clipping see the global gradient under ``tf.distribute`` (returns ``optimizer``).
 
         Keras' TensorFlow optimizer clips each replica's gradient, then sums them across replicas;
-        this sums first (the same all-reduce, moved) and clips the sum, as one device would. JAX
-        already clips the global gradient; other cases are returned untouched.
+        inside :meth:`scope` this one sums first (the same all-reduce, moved) and clips the sum, as one
+        device would (:func:`keras_vit.compat.clip_after_all_reduce`). JAX already clips the global
+        gradient; other cases are returned untouched.
         """
         if self.backend != "tensorflow" or self.mode != "data-parallel" or self.num_replicas < 2:
             return optimizer
-        _clip_after_all_reduce(optimizer)
+        compat.check_optimizer_hooks(optimizer)
+        if not any(o is optimizer for o in _alive(self._optimizers)):
+            self._optimizers.append(weakref.ref(optimizer))
         return optimizer
 
     def prepare_model(self, model: keras.Model) -> keras.Model:
@@ -137,10 +156,13 @@ class Distribution:
 
         Keras 3.15 builds a model's optimizer and metrics from ``strategy.reduce("MEAN", first_batch)``,
         which fails for the per-replica batches of a multi-worker strategy; this builds them from this
-        worker's first replica's batch instead (only the shapes matter). Other cases: untouched.
+        worker's first replica's batch instead (only the shapes matter), inside :meth:`scope`
+        (:func:`keras_vit.compat.multi_worker_build`). Other cases: untouched.
         """
         if self.engine == "tf.distribute.MultiWorkerMirroredStrategy":
-            _build_from_local_batch(model, self.strategy)
+            compat.check_trainer_hooks(model)
+            if not any(m is model for m in _alive(self._models)):
+                self._models.append(weakref.ref(model))
         return model
 
     @property
@@ -350,107 +372,17 @@ def _configure_multi_worker(devices: int | None) -> Distribution:
     worker_index = 0 if resolver.task_type == "chief" else index + (1 if has_chief else 0)
     local = [_short(d) for d in strategy.extended.worker_devices]
     names = [f"worker{w}/{d}" for w in range(num_workers) for d in local]  # the strategy needs equal workers
-    _fix_keras_multi_worker()
     return Distribution(mode="data-parallel", backend="tensorflow", engine="tf.distribute.MultiWorkerMirroredStrategy",
                         devices=names, num_workers=num_workers, worker_index=worker_index, strategy=strategy)
 
 
-def _is_multi_worker(strategy: Any) -> bool:
-    import tensorflow as tf
-
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def _build_from_local_batch(model: keras.Model, strategy: Any) -> None:
-    """Replace Keras' ``_maybe_symbolic_build`` on this model (see :meth:`Distribution.prepare_model`)."""
-    import tensorflow as tf
-
-    def maybe_symbolic_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
-                break
-        with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
-
-    if not hasattr(model, "_symbolic_build"):
-        raise KerasViTError(_MISSING_HOOKS)
-    model._maybe_symbolic_build = maybe_symbolic_build
-
-
-def _fix_keras_multi_worker() -> None:
-    """Make Keras' per-step ``reduce_per_replica`` reduce scalar logs under a multi-worker strategy.
-
-    Keras 3.15 reduces each step's logs with ``strategy.reduce("MEAN", value, axis=0)`` when the strategy
-    is multi-worker, which fails for the scalar loss and metrics ("Invalid reduction dimension 0 for input
-    with 0 dimensions"). Values that are already synchronised (every log here) are averaged with
-    ``axis=None`` (a worker with one replica gets plain tensors: kept as they are); every other call goes to
-    Keras' own function. Idempotent.
-    """
-    import tensorflow as tf
-
-    try:
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-    except ImportError as err:
-        raise KerasViTError(_MISSING_HOOKS) from err
-    original = getattr(tf_trainer, "reduce_per_replica", None)
-    if original is None:
-        raise KerasViTError(_MISSING_HOOKS)
-    if getattr(original, "_keras_vit_multi_worker", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and _is_multi_worker(strategy):
-            def mean(value):
-                if isinstance(value, tf.distribute.DistributedValues):
-                    if value.values[0].shape.rank == 0:
-                        return strategy.reduce("MEAN", value, axis=None)
-                elif getattr(value, "shape", None) is not None and value.shape.rank == 0:
-                    return value  # one replica on this worker: a plain tensor, already synchronised
-                return original(value, strategy, reduction)
-
-            return tf.nest.map_structure(mean, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._keras_vit_multi_worker = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
-_MISSING_HOOKS = ("this Keras version lacks the trainer functions keras-vit corrects for "
-                  "tf.distribute.MultiWorkerMirroredStrategy; train on several machines with KERAS_BACKEND=jax.")
-
-
-def _clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
-    """Patch this optimizer instance: all-reduce (SUM) the replicas' gradients, then clip; skip the later sum."""
-    import tensorflow as tf
-
-    if getattr(optimizer, "_keras_vit_clip_after_all_reduce", False):
-        return
-    if not (hasattr(optimizer, "_clip_gradients") and hasattr(optimizer, "_all_reduce_sum_gradients")):
-        raise KerasViTError(
-            "this Keras version's TensorFlow optimizer lacks the hooks keras-vit uses to clip the global gradient "
-            "under tf.distribute; train with --distribute none or another Keras backend."
-        )
-    clip = optimizer._clip_gradients
-
-    def clip_gradients(grads):
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            present = [g for g in grads if g is not None]
-            summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
-            grads = [None if g is None else next(summed) for g in grads]
-        return clip(grads)
-
-    optimizer._clip_gradients = clip_gradients
-    optimizer._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
-    optimizer._keras_vit_clip_after_all_reduce = True
-
-
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _alive(references: list) -> list:
+    """The objects behind ``references`` (weak references) that still exist."""
+    return [obj for obj in (ref() for ref in references) if obj is not None]
 
 
 def _first(available: list[str], devices: int | None, multihost: bool) -> list[str]:

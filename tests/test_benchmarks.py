@@ -40,6 +40,7 @@ def test_training_only_updates_the_training_part_and_keeps_the_rest(tiny_results
     updated = json.loads((tmp_path / "results.json").read_text())
     assert updated["models"] == results["models"] and updated["roofline"] == results["roofline"]
     assert updated["training"]["tiny"]["images_per_s"]["tensorflow"] > 0
+    assert updated["training"]["tiny"]["measured_by"]["timm"] == updated["training_run"]["command"]
     assert updated["training_run"]["command"] == "python -m benchmarks.run --tiny --training-only --output-dir " + str(
         tmp_path)
     markdown = (tmp_path / "results.md").read_text()
@@ -48,6 +49,35 @@ def test_training_only_updates_the_training_part_and_keeps_the_rest(tiny_results
                               "--output-dir", str(tmp_path / "none")], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "--training-only needs an earlier" in missing.stderr
+
+
+def test_training_only_merges_by_model_and_side_instead_of_replacing():
+    """A later ``--training-only`` run keeps the sides, models and paired figures it did not re-measure."""
+    from benchmarks.run import merge_training
+
+    def side(ips):
+        return {"runs": {"0": [{"images_per_s": ips}]}, "images_per_s": ips, "best_threads": "0",
+                "images_per_cpu_s": ips / 2, "measured_by": f"run {ips}"}
+
+    def entry(batch, sides, paired=None):
+        out = {"batch": batch, "steps": 5, **{k: {s: v[k] for s, v in sides.items()} for k in
+                                               ("runs", "images_per_s", "best_threads", "images_per_cpu_s",
+                                                "measured_by")}}
+        return {**out, "paired": paired} if paired else out
+
+    paired = {"torch-eager": {"ratio": {"0": 1.07}, "measured_by": "paired run"}}
+    old = {"vit_tiny": entry(32, {"torch": side(20.0), "timm": side(18.0)}, paired), "vit_mnist": entry(128, {})}
+    new = {"vit_tiny": entry(32, {"torch": side(21.0)})}
+    merged = merge_training(old, new)
+    tiny = merged["vit_tiny"]
+    assert tiny["images_per_s"] == {"torch": 21.0, "timm": 18.0}
+    assert tiny["measured_by"] == {"torch": "run 21.0", "timm": "run 18.0"}
+    assert tiny["runs"]["timm"] == {"0": [{"images_per_s": 18.0}]} and tiny["paired"] == paired
+    assert merged["vit_mnist"] == old["vit_mnist"]
+    assert old["vit_tiny"]["images_per_s"] == {"torch": 20.0, "timm": 18.0}  # the inputs are not modified
+    # Another batch size: the old unpaired figures are not comparable and go; the paired ones stay.
+    other = merge_training(old, {"vit_tiny": entry(64, {"torch": side(30.0)})})["vit_tiny"]
+    assert other["images_per_s"] == {"torch": 30.0} and other["paired"] == paired
 
 
 def test_json_structure(tiny_results):
@@ -99,6 +129,7 @@ def test_markdown_table(tiny_results):
     assert "1 thread(s), keras-vit optimized: batch-1 latency" in markdown
 
 
+@pytest.mark.slow
 def test_train_throughput_runs_a_tiny_case(tmp_path):
     """``benchmarks/train_throughput.py`` (the README's per-backend training figures) runs a case end to end."""
     out = tmp_path / "throughput.json"
@@ -125,6 +156,7 @@ def test_training_speed_sides_and_unknown_side():
     assert result["jit_compile"] is False and len(result["step_s"]) == 2 and result["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_training_runs_tiny_sides_and_reports_a_missing_backend_as_a_row(tmp_path):
     """The GPU training benchmark (mixed precision, timm AMP) runs end to end on a tiny model on the CPU.
 
@@ -146,6 +178,7 @@ def test_gpu_training_runs_tiny_sides_and_reports_a_missing_backend_as_a_row(tmp
     assert "providers" in results["onnxruntime"]
 
 
+@pytest.mark.slow
 def test_paired_training_speed_alternates_keras_torch_and_timm_in_one_process():
     """``paired=True``: a Keras PyTorch side and timm step in turn in one process; the ratio is per step pair."""
     from benchmarks.report import _training_table

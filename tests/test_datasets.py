@@ -102,8 +102,9 @@ def test_cifar10_jpeg_layout(tmp_path):
         np.testing.assert_array_equal(image, np.asarray(Image.open(io.BytesIO(blob.tobytes())).convert("RGB")))
 
 
-def test_real_mnist(data_dir):
-    ds = load_dataset("mnist", data_dir)
+@pytest.mark.real_data
+def test_real_mnist(real_data_dir):
+    ds = load_dataset("mnist", real_data_dir)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert ds.y_train.min() == 0 and ds.y_train.max() == 9
 

@@ -90,6 +90,7 @@ def test_tensorflow_mirrored_matches_one_device(tf_run):
     _check_match(result, "tf.distribute.MirroredStrategy")
     # Every variable is a MirroredVariable with one value per replica, all equal.
     assert result["variable_types"] == ["MirroredVariable"]
+    assert result["optimizer_patched_after_scope"] == []
     assert result["replicas_per_variable"] == [2]
     assert result["replica_spread"] == 0.0
 
@@ -109,6 +110,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_cli_data_parallel_model_saves_reloads_and_exports_to_onnx(backend, tmp_path):
     """``keras-vit train --distribute data-parallel`` on 2 devices writes a model.keras that reloads (here, on
@@ -461,6 +463,8 @@ def _worker(out: Path) -> None:
         result["replicas_per_variable"] = sorted({len(vals) for vals in values})
         shards = [[np.asarray(t) for t in vals] for vals in values]
         # Without the clipping fix: Keras' TensorFlow optimizer clips each replica's gradient before the sum.
+        patched = [name for name in ("_clip_gradients", "_all_reduce_sum_gradients") if name in vars(model_n.optimizer)]
+        result["optimizer_patched_after_scope"] = patched  # keras_vit.compat undoes its patch when scope() ends
         raw = _train_unpatched(parallel, x, y, clipnorm, keras, keras_vit, tf)
         result["unpatched_max_loss_diff"] = float(np.max(np.abs(np.subtract(losses_1, raw))))
     result["replica_spread"] = max(float(np.max(np.abs(s[i] - s[0]))) for s in shards for i in range(len(s)))

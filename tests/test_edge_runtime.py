@@ -629,6 +629,7 @@ def test_sixteen_bit_images_scale_to_the_8_bit_range():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wheel_ships_infer_as_keras_vit_edge_and_no_export_package(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

@@ -173,6 +173,7 @@ def test_cli_end_to_end_prints_checked_figures(trained_mnist_model, tmp_path):
     assert report["metadata"]["opset"] == 17
 
 
+@pytest.mark.slow
 def test_cli_under_torch_backend_exports_saved_model(tiny_keras, tmp_path):
     """From a PyTorch-backend process the export runs in a TensorFlow subprocess and is still verified."""
     pytest.importorskip("torch")

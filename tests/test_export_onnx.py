@@ -245,6 +245,7 @@ if len(sys.argv) > 4:  # export from this (non-TensorFlow) process: runs in a Te
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("other", ["jax", "torch"])
 def test_models_saved_under_other_backends_export_and_match(other, data_dir, tmp_path):
     pytest.importorskip(other)

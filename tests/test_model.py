@@ -206,6 +206,7 @@ def _run(code: str, backend: str, folder) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_keras_file_saved_under_any_backend_gives_same_logits_under_the_others(tmp_path):
     for backend in BACKENDS:
         _run(_SAVE, backend, tmp_path)

@@ -11,12 +11,15 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
+
+pytestmark = pytest.mark.slow  # each test executes a notebook in a fresh kernel
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "keras-vit-test"
@@ -121,19 +124,31 @@ def test_02_attention(kernel_env, trained_model):
     assert images_in(nb) == 3
 
 
-def test_03_export(kernel_env, trained_model):
-    if not trained_model.is_file():
-        pytest.skip("notebook 1 did not produce a model")
+def test_03_export(kernel_env, trained_mnist_model):
+    """On the suite's briefly trained ``vit_mnist`` (notebook 1's 1-epoch model here is too near chance for
+    the INT8 export's 99 % top-1 agreement check, which refuses it, and the notebook stops on a refusal)."""
+    import keras
+
+    from keras_vit.datasets import load_dataset, preprocess
+
     export_dir = kernel_env / "export"
     nb = run_notebook("03_export_and_edge.ipynb", dict(
-        MODEL_PATH=str(trained_model), EXPORT_DIR=str(export_dir), DATASET="sample",
+        MODEL_PATH=str(trained_mnist_model), EXPORT_DIR=str(export_dir), DATASET="sample",
         COMPARE_IMAGES=64, LATENCY_RUNS=5,
     ), kernel_env)
     text = outputs_text(nb)
-    for name in ("saved_model", "model.onnx", "model.opt.onnx"):
+    for name in ("saved_model", "model.onnx", "model.opt.onnx", "model.int8.onnx"):
         assert (export_dir / name).exists(), name
-    assert "edge runtime on" in text
+    assert "edge runtime on model.int8.onnx" in text
     assert images_in(nb) == 1
+    # The INT8 file the notebook wrote against Keras, on other test digits than its 64.
+    import onnxruntime as ort
+
+    model = keras.saving.load_model(trained_mnist_model)
+    x = preprocess(load_dataset("sample").x_test[64:576], model.preprocessing)
+    int8 = ort.InferenceSession(str(export_dir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    agreement = np.mean(int8.run(["logits"], {"images": x})[0].argmax(1) == model.predict_on_batch(x).argmax(1))
+    assert agreement >= 0.98, agreement  # the export checked >= 99 % on its own 1,000 images
 
 
 @pytest.mark.slow
@@ -144,12 +159,6 @@ def test_04_finetune_pretrained(kernel_env, tmp_path, monkeypatch):
     2 blocks instead of 12 to keep the test short; random weights) under the notebook's default name, so
     the run checks the plumbing, not the accuracy.
     """
-    import importlib.util
-
-    pytest.importorskip("huggingface_hub")
-    pytest.importorskip("safetensors")
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed")
     from keras_vit.testing import import_timm, save_to_hub_cache
 
     name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"

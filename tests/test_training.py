@@ -331,14 +331,34 @@ def test_mixed_precision_bfloat16_fit(small_sample):
     assert model.get_layer("block_0").compute_dtype == "bfloat16"
     assert model.get_layer("head").compute_dtype == "float32"
     assert math.isfinite(record["history"]["loss"][0])
+    # Against float32 references. Measured (python, TF CPU): the epoch's loss 2.70038 vs 2.70030 for the same
+    # fit in float32; the trained weights' logits in bfloat16 vs float32 on 200 test digits differ by at
+    # most 0.064 (logits up to 2.6; bfloat16 keeps 8 bits of mantissa, ~0.4 % per rounding), top-1 agrees
+    # on 99.5 %. Bounds: about 3x those differences.
+    reference = fit(tiny_model(), small_sample, quick(epochs=1))
+    assert abs(record["history"]["loss"][0] - reference["history"]["loss"][0]) <= 0.01
+    float32 = tiny_model()
+    float32.set_weights(model.get_weights())
+    x = preprocess(load_dataset("sample").x_test[:200], model.preprocessing)
+    low, high = (keras.ops.convert_to_numpy(m.predict(x, verbose=0)) for m in (model, float32))
+    assert np.abs(low - high).max() <= 0.2, np.abs(low - high).max()
+    assert np.mean(low.argmax(1) == high.argmax(1)) >= 0.97
 
 
-def test_short_real_mnist_fit_reaches_80_percent(data_dir):
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_short_real_mnist_fit_reaches_80_percent(real_data_dir):
     """vit_mnist with the default recipe, 8,000 real MNIST training images, 3 epochs of batch 64 (375 steps).
 
-    Stated accuracy: >= 80 % on the first 2,000 test images (measured 84.5 %; about 2-3 minutes on two
-    busy CPU cores). ViTs start slowly: the full 5-epoch MNIST run reaches 98 %."""
-    full = load_dataset("mnist", data_dir)
+    Measured 84.25 % on the first 2,000 test images (python: this test's fit, TF CPU, seed 0); the bar
+    sits 4.25 points under it, for another CPU's rounding taking another path through 375 steps. ViTs
+    start slowly: the full 5-epoch MNIST run reaches 98 %.
+
+    The bar was 90 % ("lands near 94-95 %") before commit b090080 and no recipe change cost those ten
+    points: the earlier setting (6,000 images, warm-up 1 epoch) gives 80.95 % with the code of the commit
+    that wrote that claim (06e2997) and 80.75 % with today's; b090080's setting (8,000 images, warm-up
+    0.5) gives 84.25 %. The 94-95 % was not what this setting reaches on this code."""
+    full = load_dataset("mnist", real_data_dir)
     ds = Dataset(full.x_train[:8000], full.y_train[:8000], full.x_test[:2000], full.y_test[:2000],
                  full.class_names, "mnist")
     keras.utils.set_random_seed(0)

@@ -36,7 +36,7 @@ import tensorflow as tf
 import keras_vit
 from keras_vit.datasets import load_dataset, preprocess
 from keras_vit.errors import UserInputError
-from keras_vit.export import ExportVerificationError, read_metadata, to_onnx, to_saved_model
+from keras_vit.export import read_metadata, to_onnx, to_saved_model
 from keras_vit.export.optimize import time_calls
 from keras_vit.training import TrainConfig, fit, set_seed
 
@@ -67,15 +67,15 @@ out.mkdir(parents=True, exist_ok=True)
 # Each call prints what it wrote and every figure it checked.
 
 # %%
+# The INT8 export refuses (ExportVerificationError) a file whose top-1 predictions disagree with the
+# float model's on more than 1 % of the check images; the notebook then stops here, on purpose. A
+# barely trained model (near-ties everywhere) can be refused: train it longer.
 reports = {
     "SavedModel": to_saved_model(MODEL_PATH, out / "saved_model"),
     "ONNX": to_onnx(MODEL_PATH, out / "model.onnx"),
     "ONNX optimized": to_onnx(MODEL_PATH, out / "model.opt.onnx", optimize=True),
+    "ONNX INT8": to_onnx(MODEL_PATH, out / "model.int8.onnx", quantize="int8"),
 }
-try:
-    reports["ONNX INT8"] = to_onnx(MODEL_PATH, out / "model.int8.onnx", quantize="int8")
-except ExportVerificationError as err:  # the export refuses an INT8 file that disagrees with the float model
-    print(f"INT8 export refused: {err}")
 for name, report in reports.items():
     print(f"--- {name}")
     print("\n".join(report.summary_lines()))
@@ -128,7 +128,7 @@ except ImportError:  # a source checkout: load export/infer.py itself
     infer = sys.modules["infer"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(infer)
 
-edge_path = reports.get("ONNX INT8", reports["ONNX optimized"]).path
+edge_path = reports["ONNX INT8"].path
 classifier = infer.Classifier(edge_path)
 probabilities = classifier.predict(raw)  # raw uint8 pixels in, probabilities out
 print(f"edge runtime on {Path(edge_path).name}: accuracy {(probabilities.argmax(1) == labels).mean():.2%}, "
