@@ -56,12 +56,12 @@ def load_vit_model(path: str | os.PathLike):
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_vit.datasets import load_dataset, note
     from keras_vit.errors import UserInputError
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    model = load_vit_model(args.model)
+    model = load_vit_model(args.model)  # a missing file is reported before a framework loads
+    from keras_vit.datasets import load_dataset, note
     from keras_vit.training import evaluate
     dataset = load_dataset(args.dataset, args.data_dir)
     if model.class_names and list(model.class_names[:dataset.num_classes]) != list(dataset.class_names):
