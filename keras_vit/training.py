@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_vit.augment import build_augmentation, resolve_policy
+from keras_vit.augment import DeviceAugmentation, build_augmentation, resolve_policy
 from keras_vit.datasets import Dataset, check_labels, match_model, preprocess, preprocessing_constants
 from keras_vit.errors import KerasViTError, UserInputError
 
@@ -38,6 +38,9 @@ from keras_vit.errors import KerasViTError, UserInputError
 MIXED_PRECISION_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: ``evaluate(tta=...)`` / ``--tta`` values: none, or each image and its left-right mirror.
 TEST_TIME_AUGMENTATIONS = ("none", "flip")
+
+#: ``TrainConfig.pipeline`` values: augmentation on the device (auto, device) or in a host pipeline.
+PIPELINES = ("auto", "device", "tf.data", "pydataset")
 
 #: Variables (by name) that AdamW does not decay.
 NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "class_token", "position_embedding"]
@@ -71,7 +74,11 @@ class TrainConfig:
         checkpoints: save ``checkpoints/epoch_NNN.keras`` after every epoch.
         keep_checkpoints: how many of the newest epoch checkpoints to keep.
         clipnorm: global gradient-norm clipping (``None`` for none).
-        pipeline: ``"auto"`` (``tf.data`` when TensorFlow is installed), ``"tf.data"`` or ``"pydataset"``.
+        pipeline: ``"auto"``/``"device"``: uint8 batches go to ``fit`` (through ``tf.data`` when TensorFlow is
+            installed, else a ``PyDataset``) and are scaled, augmented and normalised on the device inside
+            the compiled train step (:class:`keras_vit.augment.DeviceAugmentation`; ``"auto"`` falls back
+            to the host pipeline under data parallelism). ``"tf.data"`` or ``"pydataset"``: augmentation
+            and normalisation in that host-side pipeline instead.
         verbose: Keras' ``fit`` verbosity (``"auto"``/1: progress bar, 2: one line per epoch, 0: silent).
         distribute: ``"none"``, ``"data-parallel"`` or ``"auto"`` (:mod:`keras_vit.distribute`). With data
             parallelism ``batch_size`` is the global batch (split over the devices, learning rate kept) and
@@ -118,8 +125,7 @@ class TrainConfig:
              f"mixed precision must be bfloat16 or float16, got {self.mixed_precision!r}"),
             (self.jit_compile in (True, False, "auto"), f"jit_compile must be True, False or 'auto', "
                                                         f"got {self.jit_compile!r}"),
-            (self.pipeline in ("auto", "tf.data", "pydataset"),
-             f"pipeline must be auto, tf.data or pydataset, got {self.pipeline!r}"),
+            (self.pipeline in PIPELINES, f"pipeline must be {', '.join(PIPELINES)}, got {self.pipeline!r}"),
             (self.distribute in ("auto", "none", "data-parallel"),
              f"distribute must be auto, none or data-parallel, got {self.distribute!r}"),
             (self.tta in TEST_TIME_AUGMENTATIONS,
@@ -211,11 +217,12 @@ def _apply_layers(layers: list, images):
 
 def tf_data_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, preprocessing: dict,
                      num_classes: int, augmentation: keras.Sequential | None = None,
-                     shuffle: bool = False, seed: int = 0):
+                     shuffle: bool = False, seed: int = 0, raw: bool = False):
     """A ``tf.data.Dataset`` of ``(preprocessed float32 images, one-hot labels)`` batches.
 
     Works as ``fit`` input on every backend. Augmentation runs on raw 0..255 pixels, before the
-    model's preprocessing.
+    model's preprocessing. ``raw=True``: the uint8 images as they are (no augmentation, no
+    preprocessing: :class:`keras_vit.augment.DeviceAugmentation` does both on the device).
     """
     import tensorflow as tf
 
@@ -227,6 +234,8 @@ def tf_data_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, preproces
     ds = ds.batch(batch_size)
 
     def transform(images, labels):
+        if raw:
+            return images, tf.one_hot(labels, num_classes)
         images = tf.cast(images, tf.float32)
         if layers:
             images = _apply_layers(layers, images)
@@ -240,7 +249,7 @@ def tf_data_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, preproces
     # input pipeline ahead of the model all the same.
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = ds.map(transform, num_parallel_calls=min(os.cpu_count() or 1, 4)).prefetch(2)
+    ds = ds.map(transform, num_parallel_calls=1 if raw else min(os.cpu_count() or 1, 4)).prefetch(2)
     return ds.with_options(options)
 
 
@@ -249,8 +258,9 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, preprocessing: dict,
                  num_classes: int, augmentation: keras.Sequential | None = None,
-                 shuffle: bool = False, seed: int = 0):
+                 shuffle: bool = False, seed: int = 0, raw: bool = False):
         super().__init__()
+        self.raw = raw
         self.x, self.y, self.batch_size = x, y.astype(np.int64), int(batch_size)
         self.preprocessing, self.num_classes = preprocessing, num_classes
         self.layers = list(augmentation.layers) if augmentation is not None else []
@@ -263,6 +273,8 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        if self.raw:
+            return self.x[rows], np.eye(self.num_classes, dtype=np.float32)[self.y[rows]]
         images = self.x[rows].astype(np.float32)
         if self.layers:
             images = keras.ops.convert_to_numpy(_apply_layers(self.layers, images))
@@ -276,7 +288,7 @@ class ArrayBatches(keras.utils.PyDataset):
 
 def make_pipeline(x, y, *, kind: str = "auto", **kwargs):
     """:func:`tf_data_pipeline` if TensorFlow is importable (or ``kind="tf.data"``), else :class:`ArrayBatches`."""
-    if kind == "auto":
+    if kind in ("auto", "device"):
         try:
             import tensorflow  # noqa: F401
 
@@ -506,9 +518,12 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     x_train, y_train, x_val, y_val = split_validation(data.x_train, data.y_train,
                                                       config.validation_split, config.seed)
     policy = resolve_policy(config.augment, dataset.name, channels, int(config.epochs))
-    common = dict(batch_size=int(config.batch_size), preprocessing=preprocessing, num_classes=num_classes)
+    on_device = config.pipeline == "device" or (config.pipeline == "auto" and distribution is None)
+    common = dict(batch_size=int(config.batch_size), preprocessing=preprocessing, num_classes=num_classes,
+                  raw=on_device)
     train_data = make_pipeline(x_train, y_train, kind=config.pipeline, shuffle=True, seed=config.seed,
-                               augmentation=build_augmentation(policy, config.seed), **common)
+                               augmentation=None if on_device else build_augmentation(policy, config.seed),
+                               **common)
     val_data = make_pipeline(x_val, y_val, kind=config.pipeline, **common) if len(x_val) else None
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     scope = contextlib.nullcontext()
@@ -568,15 +583,9 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
             print(f"  note: {text}")
     try:
         with scope:
-            model.compile(
-                optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                          label_smoothing=config.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                jit_compile=config.jit_compile,
-            )
-            model.fit(train_data, epochs=int(config.epochs), validation_data=val_data,
-                      callbacks=all_callbacks, verbose=config.verbose, shuffle=False)
+            trainer = _compile(model, optimizer, config, preprocessing, channels, policy if on_device else None)
+            trainer.fit(train_data, epochs=int(config.epochs), validation_data=val_data,
+                        callbacks=all_callbacks, verbose=config.verbose, shuffle=False)
         # Outside the scope: JAX's data-parallel predict needs batches divisible by the device count.
         results = _evaluate_views(model, data, max(int(config.batch_size), 256), config.tta)
         record["test"] = results[0]
@@ -595,6 +604,33 @@ def fit(model: keras.Model, dataset: Dataset, config: TrainConfig | None = None,
     if history_path is not None:
         atomic_write_json(record, history_path)
     return record
+
+
+def _compile(model: keras.Model, optimizer, config: TrainConfig, preprocessing: dict, channels: int,
+             device_policy: str | None) -> keras.Model:
+    """Compile ``model`` with the recipe's loss and metrics; returns the model ``fit`` trains.
+
+    With ``device_policy`` that is a :class:`DeviceAugmentation` wrapper (uint8 in, augmentation and
+    normalisation inside the compiled step), compiled alike; ``model`` is compiled too, sharing the
+    optimizer, so that it evaluates and saves (with its optimizer state) exactly as when trained directly.
+    """
+    def compile_(target: keras.Model) -> None:
+        target.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=config.jit_compile,
+        )
+
+    compile_(model)
+    if device_policy is None:
+        return model
+    scale, mean, std = preprocessing_constants(preprocessing, channels)
+    trainer = DeviceAugmentation(model, device_policy, scale, mean, std, seed=config.seed)
+    image_size, _, _, _ = _model_input(model)
+    trainer(np.zeros((1, *image_size, channels), np.uint8))  # built before fit: BackupAndRestore needs it
+    compile_(trainer)
+    return trainer
 
 
 def evaluate(
