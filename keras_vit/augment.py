@@ -224,6 +224,10 @@ class DeviceAugmentation(keras.Model):
         images = normalise(self.augment(images, training), self.scale, self.mean, self.std)
         return self.model(images, training=training)
 
+    def get_layer(self, name=None, index=None):
+        """A layer of the wrapped model (callbacks see this wrapper as ``self.model``)."""
+        return self.model.get_layer(name, index)
+
     def save(self, *args, **kwargs):
         """Save the wrapped (plain) model: the augmentation is not part of it."""
         return self.model.save(*args, **kwargs)

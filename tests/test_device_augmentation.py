@@ -149,3 +149,15 @@ def test_training_with_augmentation_works_without_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "STATUS completed digits" in done.stdout
     assert (tmp_path / "model.keras").is_file()
+
+
+def test_cifar_convstem_preset_shape_and_parameters():
+    """The CIFAR-10 GPU recipe's preset: 32x32x3 in, a 3-conv stem to 8x8, 64 tokens of width 192, 10 logits."""
+    from keras_vit.presets import count_params
+
+    model = keras_vit.create_model("vit_cifar_convstem")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert count_params(model) == 2_132_362
+    tokens = model.get_layer("patch_extractor")(model.get_layer("stem")(np.zeros((1, 32, 32, 3), np.float32)))
+    assert tuple(tokens.shape)[-2] == 64
+    assert keras.ops.convert_to_numpy(model(np.zeros((2, 32, 32, 3), np.float32))).shape == (2, 10)
