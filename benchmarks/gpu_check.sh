@@ -24,7 +24,7 @@ CARRY=${CARRY:-$([ "$PART" = 2 ] && echo .carry_cifar || echo .carry)}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 if ! python3 -c "import keras" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    --find-links "$CARRY/wheels" keras absl-py namex rich markdown-it-py mdurl pygments optree h5py \
+    --find-links "$CARRY/wheels" keras absl-py namex rich markdown-it-py mdurl pygments packaging optree \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
 else

@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {k: v for k, v in vars(args).items() if k not in ("child", "profile_dir")}, "sides": {}}
     for side in [s for s in args.sides.split(",") if s]:
         print(f"[gpu_fit] {side}", file=sys.stderr, flush=True)
-        results["sides"][side] = run_side(side, args, child_argv)
+        known = side in KERAS_SIDES + TIMM_SIDES
+        results["sides"][side] = run_side(side, args, child_argv) if known else {"error": f"unknown side {side!r}"}
         print(f"    {json.dumps(results['sides'][side])[:400]}", file=sys.stderr, flush=True)
         for name, text in (("gpu_fit.json", json.dumps(results, indent=1)), ("gpu_fit.md", markdown(results))):
             tmp = out / f".{name}.tmp"  # written after every side: a killed run keeps what it measured

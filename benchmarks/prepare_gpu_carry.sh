@@ -22,12 +22,13 @@ LIMIT_KIB=$((64 * 1024))
 rm -rf .carry .carry_cifar
 mkdir -p .carry/wheels .carry/data/mnist .carry_cifar/data/cifar10_jpeg
 
-# Keras and the dependencies a PyTorch+JAX machine may lack (numpy, ml_dtypes, packaging come with JAX).
+# Keras and the dependencies a PyTorch+JAX machine may lack (numpy and ml_dtypes come with JAX; h5py is
+# left out: Keras imports it lazily, for legacy .h5 files only).
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: -d .carry/wheels \
-  keras absl-py namex rich markdown-it-py mdurl pygments
+  keras absl-py namex rich markdown-it-py mdurl pygments packaging
 for version in $PY_VERSIONS; do  # compiled: one wheel per Python version
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$version" \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .carry/wheels optree h5py
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .carry/wheels optree
 done
 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .carry/wheels . >/dev/null
 cp -r .carry/wheels .carry_cifar/wheels
