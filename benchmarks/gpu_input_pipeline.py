@@ -27,13 +27,24 @@ from pathlib import Path
 #: None`` is not the same: Keras takes a ``"tensorflow" in sys.modules`` as TensorFlow being there.)
 BLOCK_TENSORFLOW = '''
 import importlib.abc
+import importlib.machinery
 import sys
 
 
-class _NoTensorFlow(importlib.abc.MetaPathFinder):  # `import tensorflow` fails, as when it is not installed
+class _NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import tensorflow` fails, as when it is not installed. find_spec answers a spec without an origin
+    (torch._dynamo probes find_spec("tensorflow") and skips such modules) whose loading raises."""
+
     def find_spec(self, name, path=None, target=None):
         if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"No module named {name!r} (blocked)")
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r} (blocked)", name=spec.name)
+
+    def exec_module(self, module):
+        pass
 
 
 sys.meta_path.insert(0, _NoTensorFlow())
