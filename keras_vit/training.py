@@ -1,10 +1,11 @@
 """The training recipe for small data, usable from Python and from ``keras-vit train``.
 
 AdamW (no weight decay on biases, norms, class token and positional embedding), linear warm-up then
-cosine decay, label smoothing on one-hot labels, light augmentation in the input pipeline (Keras'
-preprocessing layers, never inside the model), a seeded held-out validation split, a ``.keras``
-checkpoint every epoch, resume after an interruption (``keras.callbacks.BackupAndRestore``), a stop
-with a clear error when the loss becomes NaN, and the history written as JSON.
+cosine decay, label smoothing on one-hot labels, light augmentation on the device inside the compiled
+train step (uint8 batches in; never inside the saved model: :mod:`keras_vit.augment`), a seeded
+held-out validation split, a ``.keras`` checkpoint every epoch, resume after an interruption
+(``keras.callbacks.BackupAndRestore``), a stop with a clear error when the loss becomes NaN, and the
+history written as JSON.
 
 >>> import keras_vit
 >>> from keras_vit.datasets import load_dataset
