@@ -6,10 +6,10 @@ for ``augment="none"`` and ``"digits"``, and the ratio none/digits (1.0: augment
 configuration runs in its own process so that TensorFlow can be hidden (``--block-tensorflow``: as on a
 machine where it is not installed) and backends do not share a process.
 
-    python -m benchmarks.gpu_input_pipeline --backends jax torch tensorflow --pipelines pydataset auto \\
+    python -m benchmarks.gpu_input_pipeline --backends jax torch tensorflow --pipelines pydataset device \\
         --block-tensorflow --epochs 3
 
-``--pipelines``: ``auto`` (augmentation and normalisation on the device, in the train step), ``tf.data`` or
+``--pipelines``: ``device`` (augmentation and normalisation on the device, in the train step), ``auto``, ``tf.data`` or
 ``pydataset`` (the host-side pipelines that did both before). Prints one JSON line per run and a table.
 """
 
@@ -87,7 +87,7 @@ def run_one(backend: str, pipeline: str, augment: str, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", nargs="+", default=["jax", "torch", "tensorflow"])
-    parser.add_argument("--pipelines", nargs="+", default=["pydataset", "auto"])
+    parser.add_argument("--pipelines", nargs="+", default=["pydataset", "device"])
     parser.add_argument("--augments", nargs="+", default=["none", "digits"])
     parser.add_argument("--block-tensorflow", action="store_true",
                         help="hide TensorFlow from the jax and torch runs (as where it is not installed)")

@@ -103,7 +103,7 @@ def test_augmentation_is_seeded_and_absent_from_the_saved_model(tmp_path):
         model = keras_vit.create_model("vit_mnist", **TINY)
         out = tmp_path / f"run{run}"
         record = fit(model, data, TrainConfig(epochs=2, batch_size=32, validation_split=0.25, verbose=0,
-                                              augment="digits", seed=5, output_dir=str(out)))
+                                              augment="digits", seed=5, output_dir=str(out), pipeline="device"))
         assert record["augmentation"] == "digits"
         losses.append(record["history"]["loss"])
     assert losses[0] == losses[1]  # the same seed, the same augmented batches, the same training
