@@ -80,7 +80,7 @@ class Dataset:
 
     def describe(self) -> str:
         h, w, c = self.image_shape
-        return (f"{self.name}: {len(self.x_train):,} train / {len(self.x_test):,} test images, "
+        return (f"{self.name}: {len(self.y_train):,} train / {len(self.x_test):,} test images, "
                 f"{h}x{w}x{c}, {self.num_classes} classes")
 
     def __repr__(self) -> str:
@@ -206,17 +206,50 @@ def _load_cifar10_jpeg(path: Path) -> Dataset:
         else:
             with np.load(full, allow_pickle=False) as z:
                 blob, offsets, labels = z["jpeg_bytes"], z["offsets"], z["y_train"]
-            note(f"decoding the {len(offsets) - 1:,} CIFAR-10 training images in {full.name}")
-            arrays["x_train"] = np.stack([
-                np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                for i in range(len(offsets) - 1)
-            ])
-            arrays["y_train"] = labels
+            subset = _from_arrays(arrays, "cifar10", CIFAR10_CLASSES)  # checks the test split and image size
+            labels = _labels(labels, "y_train", full.name)
+            if len(labels) != len(offsets) - 1:
+                raise UserInputError(f"{full}: {len(offsets) - 1} JPEG images but {len(labels)} labels.")
+
+            def decode() -> np.ndarray:
+                note(f"decoding the {len(offsets) - 1:,} CIFAR-10 training images in {full.name}")
+                return np.stack([
+                    np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                    for i in range(len(offsets) - 1)
+                ])
+
+            return _LazyTrainDataset(decode, subset.image_shape, labels, subset.x_test, subset.y_test,
+                                     subset.class_names, subset.name, notes)
     else:
         notes.append("using the 5,000-image training subset (cifar10_jpeg_train_bytes.npz not found)")
     dataset = _from_arrays(arrays, "cifar10", CIFAR10_CLASSES)
     dataset.notes.extend(notes)
     return dataset
+
+
+class _LazyTrainDataset(Dataset):
+    """A :class:`Dataset` whose training images are decoded on first use of ``x_train``: scoring the test
+    split (``keras-vit evaluate``) never pays for decoding 50,000 training JPEGs."""
+
+    def __init__(self, decode, image_shape: tuple[int, int, int], y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, class_names: list[str], name: str, notes: list[str]):
+        self._decode, self._x_train, self._image_shape = decode, None, tuple(image_shape)
+        super().__init__(None, y_train, x_test, y_test, class_names, name, notes)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def x_train(self) -> np.ndarray:
+        if self._x_train is None:
+            self._x_train = self._decode()
+        return self._x_train
+
+    @x_train.setter
+    def x_train(self, value) -> None:
+        if value is not None:
+            self._x_train = value
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape  # type: ignore[return-value]
 
 
 def load_image_folder(path: str | os.PathLike, test_fraction: float = FOLDER_TEST_FRACTION) -> Dataset:

@@ -26,6 +26,8 @@ DISTRIBUTE_MODES = ("auto", "none", "data-parallel")
 MIXED_PRECISION_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: ``evaluate(tta=...)`` / ``--tta`` values: none, or each image and its left-right mirror.
 TEST_TIME_AUGMENTATIONS = ("none", "flip")
+#: ``TrainConfig.pipeline`` values: augmentation on the device (auto, device) or in a host pipeline.
+PIPELINES = ("auto", "device", "tf.data", "pydataset")
 
 
 @dataclass
@@ -56,7 +58,12 @@ class TrainConfig:
         checkpoints: save ``checkpoints/epoch_NNN.keras`` after every epoch.
         keep_checkpoints: how many of the newest epoch checkpoints to keep.
         clipnorm: global gradient-norm clipping (``None`` for none).
-        pipeline: ``"auto"`` (``tf.data`` when TensorFlow is installed), ``"tf.data"`` or ``"pydataset"``.
+        pipeline: ``"auto"``/``"device"``: uint8 batches go to ``fit`` (through ``tf.data`` when TensorFlow is
+            installed, else a ``PyDataset``) and are scaled, augmented and normalised on the device inside
+            the compiled train step (:class:`keras_vit.augment.DeviceAugmentation`; ``"auto"`` falls back
+            to the host pipeline under data parallelism, and keeps ``tf.data`` on CPU-only machines with
+            TensorFlow). ``"tf.data"`` or ``"pydataset"``: augmentation and normalisation in that host-side
+            pipeline instead.
         verbose: Keras' ``fit`` verbosity (``"auto"``/1: progress bar, 2: one line per epoch, 0: silent).
         distribute: ``"none"``, ``"data-parallel"`` or ``"auto"`` (:mod:`keras_vit.distribute`). With data
             parallelism ``batch_size`` is the global batch (split over the devices, learning rate kept) and
@@ -104,8 +111,7 @@ class TrainConfig:
              f"mixed precision must be bfloat16 or float16, got {self.mixed_precision!r}"),
             (self.jit_compile in (True, False, "auto"), f"jit_compile must be True, False or 'auto', "
                                                         f"got {self.jit_compile!r}"),
-            (self.pipeline in ("auto", "tf.data", "pydataset"),
-             f"pipeline must be auto, tf.data or pydataset, got {self.pipeline!r}"),
+            (self.pipeline in PIPELINES, f"pipeline must be {', '.join(PIPELINES)}, got {self.pipeline!r}"),
             (self.distribute in DISTRIBUTE_MODES,
              f"distribute must be {', '.join(DISTRIBUTE_MODES[:-1])} or {DISTRIBUTE_MODES[-1]}, "
              f"got {self.distribute!r}"),

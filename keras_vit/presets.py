@@ -45,6 +45,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         preprocessing={"scale": 1.0 / 255.0, "mean": [0.4914, 0.4822, 0.4465],
                        "std": [0.2470, 0.2435, 0.2616]},
     ),
+    "vit_cifar_convstem": dict(
+        description="32x32x3, conv stem (64, 128, 192; strides 1, 2, 2) + patch 4 (64 tokens), mean-pooled: "
+                    "the hybrid for a fast CIFAR-10 run on one GPU",
+        image_size=32, patch_size=4, channels=3, num_classes=10, hidden_dim=192, depth=6, num_heads=3,
+        mlp_dim=384, dropout=0.0, drop_path=0.1, stem_filters=[64, 128, 192], stem_strides=[1, 2, 2],
+        pooling="avg", preprocessing={"scale": 1.0 / 255.0, "mean": [0.4914, 0.4822, 0.4465],
+                                      "std": [0.2470, 0.2435, 0.2616]},
+    ),
     "vit_tiny_patch16_224": dict(description="timm vit_tiny_patch16_224 (ViT-Ti/16)", **_IMAGENET, **_TIMM_TINY),
     "vit_small_patch16_224": dict(description="timm vit_small_patch16_224 (ViT-S/16)", **_IMAGENET, **_TIMM_SMALL),
     "vit_base_patch16_224": dict(description="timm vit_base_patch16_224 (ViT-B/16)", **_IMAGENET, **_TIMM_BASE),

@@ -221,3 +221,24 @@ def test_paired_summary_gives_the_median_ratio_an_interval_and_the_whole_run_rat
     training = {"tiny": {"batch": 4, "runs": {}, "images_per_s": {"timm": 1.0}, "paired": {"torch": entry}}}
     text = "\n".join(_training_table(training))
     assert f"90 % interval {low:.2f}-{high:.2f}; whole-run time ratio {summary['paired_time_ratio']:.2f}x" in text
+
+
+@pytest.mark.slow
+def test_gpu_fit_runs_on_the_cpu_with_tiny_settings(tmp_path):
+    """``benchmarks.gpu_fit`` (fit over the input pipeline vs timm's DataLoader loop) works before a GPU session."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_fit", "--device", "cpu", "--model", "tiny",
+                           "--batch", "8", "--steps", "2", "--warmup", "1", "--precision", "float32", "--workers", "0",
+                           "--sides", "torch,timm,nosuchside", "--timeout", "600", "--profile",
+                           "--output-dir", str(tmp_path)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu_fit.json").read_text())
+    for side in ("torch", "timm"):
+        row = results["sides"][side]
+        assert row["fit_images_per_s"] > 0 and row["step_images_per_s"] > 0 and len(row["epoch_s"]) == 2, row
+        assert Path(row["profile"]).is_file()
+    assert results["sides"]["torch"]["device"] == "torch on CPU" and 0 <= results["sides"]["torch"]["input_wait"] <= 1
+    assert results["sides"]["nosuchside"] == {"error": "unknown side 'nosuchside'"}
+    assert {"gpu", "keras", "torch", "timm"} <= set(results["environment"])
+    assert "| torch | torch on CPU |" in (tmp_path / "gpu_fit.md").read_text()

@@ -97,7 +97,10 @@ def test_cifar10_jpeg_layout(tmp_path):
     np.savez(folder / "cifar10_jpeg_train_bytes.npz", jpeg_bytes=np.concatenate(blobs), offsets=offsets,
              y_train=np.array([[1], [2], [3]], np.uint8))
     full = load_dataset("cifar10", tmp_path)
+    assert full._x_train is None  # decoded when first needed: scoring the test split never decodes them
+    assert full.image_shape == (32, 32, 3) and full.describe().startswith("cifar10: 3 train / 10 test images")
     assert full.x_train.shape == (3, 32, 32, 3) and full.y_train.tolist() == [1, 2, 3]
+    assert full.x_train is full.x_train  # decoded once
     for image, blob in zip(full.x_train, blobs, strict=True):
         np.testing.assert_array_equal(image, np.asarray(Image.open(io.BytesIO(blob.tobytes())).convert("RGB")))
 
