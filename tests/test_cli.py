@@ -211,8 +211,9 @@ def test_train_nan_loss_is_a_clear_failure(tiny_npz, tmp_path, capsys):
 
 @pytest.mark.parametrize("model, message", [
     ("{d}/absent.keras", "Model file not found: {d}/absent.keras."),
-    ("{d}/model.h5", "{d}/model.h5 is not a .keras file; pass a model saved by keras-vit (model.keras)."),
-    ("{d}/corrupt.keras", "Could not load {d}/corrupt.keras: not a valid .keras model ("),
+    ("{d}/model.h5", "{d}/model.h5 is not a .keras file; pass a model saved with model.save('NAME.keras')."),
+    ("{d}/corrupt.keras", "{d}/corrupt.keras is not a valid .keras file (not a zip archive): it is truncated or "
+                          "corrupt."),
 ])
 def test_evaluate_bad_model_files(bad_files, capsys, model, message):
     d = str(bad_files)
@@ -340,3 +341,28 @@ def test_training_interrupted_messages():
     last = TrainingInterrupted(None, 10, 10, "b")
     assert not last.resumable and str(last) == ("interrupted after the last of 10 epochs, before the model was "
                                                 "tested and saved (a rerun starts over)")
+
+
+def test_every_reader_of_a_model_file_says_the_same(bad_files, tmp_path):
+    """evaluate, train --init and the exporters open .keras files through one owner (keras_vit.model_file):
+    the same bad file gets the same sentence from each."""
+    from keras_vit.errors import UserInputError
+    from keras_vit.export import to_onnx
+    from keras_vit.model_file import load_vit_model
+    from keras_vit.weights import load_initial_model
+
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.save(tmp_path / "dense.keras")
+    for name in ("absent.keras", "model.h5", "corrupt.keras"):
+        path = bad_files / name
+        messages = set()
+        readers = [load_vit_model, lambda p: to_onnx(p, tmp_path / "m.onnx")]
+        if name.endswith(".keras"):  # train --init reads any other file as a timm or Google checkpoint
+            readers.append(load_initial_model)
+        for reader in readers:
+            with pytest.raises(UserInputError) as caught:
+                reader(path)
+            messages.add(str(caught.value))
+        assert len(messages) == 1, messages
+    with pytest.raises(UserInputError, match="holds a Sequential, not a keras-vit VisionTransformer; --init needs"):
+        load_initial_model(tmp_path / "dense.keras")

@@ -46,7 +46,7 @@ def tiny_keras(tmp_path_factory):
 
 def test_missing_model(capsys, tmp_path):
     code, _, err = run_cli(capsys, tmp_path / "nope.keras")
-    assert code == 2 and one_error_line(err) == f"model file {tmp_path / 'nope.keras'} does not exist."
+    assert code == 2 and one_error_line(err) == f"Model file not found: {tmp_path / 'nope.keras'}."
 
 
 def test_not_a_zip(capsys, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -30,37 +28,14 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load_vit_model(path: str | os.PathLike):
-    """Load a keras-vit ``.keras`` model (safe mode); :class:`UserInputError` if it is not one."""
-    from keras_vit.errors import UserInputError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"Model file not found: {path}.")
-    if path.suffix != ".keras":
-        raise UserInputError(f"{path} is not a .keras file; pass a model saved by keras-vit (model.keras).")
-    import keras  # only now: a wrong path is reported without loading a framework
-
-    from keras_vit.model import VisionTransformer
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as err:
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserInputError(f"Could not load {path}: not a valid .keras model ({detail}).") from None
-    if not isinstance(model, VisionTransformer):
-        raise UserInputError(
-            f"{path} holds a {type(model).__name__}, not a keras-vit VisionTransformer; "
-            "evaluate needs a model saved by keras-vit."
-        )
-    return model
-
-
 def run(args: argparse.Namespace) -> int:
     from keras_vit.errors import UserInputError
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    model = load_vit_model(args.model)  # a missing file is reported before a framework loads
+    from keras_vit.model_file import load_vit_model
+
+    model = load_vit_model(args.model, needed_by="evaluate")  # path checks before a framework loads
     from keras_vit.datasets import load_dataset, note
     from keras_vit.training import evaluate
     dataset = load_dataset(args.dataset, args.data_dir)

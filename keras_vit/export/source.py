@@ -9,16 +9,17 @@ convert; :func:`prepare` loads the model, its verify images and Keras' reference
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from keras_vit import model_file
 from keras_vit.errors import UserInputError
 from keras_vit.export.options import input_dtype_for
 from keras_vit.export.verify import VerifyData, keras_logits, load_verify_data, parity_indices
+from keras_vit.model_file import load_keras_model
 from keras_vit.preprocessing import per_channel
 
 # --------------------------------------------------------------------------------------------------
@@ -49,59 +50,6 @@ class ModelDescription:
     def input_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of one image."""
         return (*self.image_size, self.channels)
-
-
-def load_keras_model(path: str | os.PathLike):
-    """Load a ``.keras`` file in Keras' safe mode, with keras-vit's layers registered.
-
-    Raises :class:`UserInputError` (exit 2) with one sentence for a missing, non-``.keras``, corrupt or
-    unloadable file.
-    """
-    import keras
-
-    import keras_vit  # noqa: F401  (registers the serializable layers and model)
-
-    path = Path(path).expanduser()
-    check_model_path(path)
-    if not zipfile.is_zipfile(path):
-        raise UserInputError(f"{path} is not a valid .keras file (not a zip archive): it is truncated or corrupt.")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types here (ValueError, TypeError, KeyError, OSError...)
-        foreign = foreign_classes(path)
-        if foreign:
-            raise UserInputError(
-                f"{path} is not a keras-vit model: it uses custom classes that Keras cannot rebuild without "
-                f"their code ({', '.join(foreign[:5])})."
-            ) from None
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise UserInputError(f"{path} could not be loaded as a Keras model (corrupt .keras?): {reason}") from None
-
-
-def foreign_classes(path: str | os.PathLike) -> list[str]:
-    """Classes in a ``.keras`` config that come neither from Keras nor from keras-vit (sorted names)."""
-    import json
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except Exception:
-        return []
-    found: set[str] = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            module = node.get("module")
-            if isinstance(module, str) and "class_name" in node and module.split(".")[0] not in ("keras", "keras_vit"):
-                found.add(str(node.get("registered_name") or f"{module}.{node['class_name']}"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return sorted(found)
 
 
 def describe_model(model) -> ModelDescription:
@@ -228,13 +176,8 @@ def is_path(model_or_path) -> bool:
 
 def check_model_path(model_or_path) -> None:
     """Fail before any work when a model path is missing or not a ``.keras`` file (in-memory models pass)."""
-    if not is_path(model_or_path):
-        return
-    path = Path(model_or_path).expanduser()
-    if not path.exists():
-        raise UserInputError(f"model file {path} does not exist.")
-    if path.is_dir() or path.suffix != ".keras":
-        raise UserInputError(f"{path} is not a .keras file: save the model with model.save('NAME.keras').")
+    if is_path(model_or_path):
+        model_file.check_model_path(model_or_path)
 
 
 @dataclass

@@ -164,19 +164,11 @@ def load_initial_model(
     if file.suffix.lower() != ".keras":
         extra = {} if channels is None else {"channels": channels}
         return from_checkpoint(file, num_classes=num_classes, image_size=image_size, **extra, **overrides)
-    import keras
-
     from keras_vit.model import VisionTransformer
+    from keras_vit.model_file import load_vit_model
     from keras_vit.preprocessing import adapt_to_channels
 
-    if not file.is_file():
-        raise UserInputError(f"Model file not found: {file}")
-    try:
-        model = keras.saving.load_model(file)
-    except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
-        raise UserInputError(f"Could not load {file} as a Keras model: {err}") from err
-    if not isinstance(model, VisionTransformer):
-        raise UserInputError(f"{file} holds a {type(model).__name__}, not a keras_vit VisionTransformer.")
+    model = load_vit_model(file, needed_by="--init")
     config = model.get_config()
     changes = dict(overrides)
     if num_classes is not None and int(num_classes) != model.num_classes:
