@@ -155,10 +155,8 @@ def tf_data_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, preproces
         return images, tf.one_hot(labels, num_classes)
 
     # No autotuning: its model thread sleeps up to 60 s between rounds, and dropping an iterator waits
-    # for it. Keras drops two per epoch (the training pass's, then the validation pass's), so with
-    # autotuning on, the Fashion-MNIST recipe's 150-s epochs took 210 s on the PyTorch backend
-    # (py-spy: the main thread in tf.data's iterator destructor). The fixed settings below keep the
-    # input pipeline ahead of the model all the same.
+    # for it; Keras drops two per epoch (training and validation), which stalled every epoch. Fixed
+    # settings keep the input pipeline ahead of the model all the same.
     options = tf.data.Options()
     options.autotune.enabled = False
     ds = ds.map(transform, num_parallel_calls=1 if raw else min(os.cpu_count() or 1, 4)).prefetch(2)

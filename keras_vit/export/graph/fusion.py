@@ -10,10 +10,9 @@ Keras model and leaves its LayerNorms decomposed, so :func:`fuse_vit` does it, p
 5. the last block computed for the class token only when nothing else reads it
    (:mod:`keras_vit.export.graph.token_pruning`; exact, it only skips rows nobody reads).
 
-``SkipLayerNormalization`` (residual sum + LayerNorm in one op) is off by default: onnxruntime 1.32's
-CPU kernel measured 7x slower than ``Add`` + ``LayerNormalization`` on ViT-Ti/16 token tensors
-(236 vs 31 us per op, 197 x 192 floats), and 14-20 % slower end to end. For the same reason
-:func:`transformer_optimizer_options` turns it off in onnxruntime's own transformer optimizer.
+``SkipLayerNormalization`` (residual sum + LayerNorm in one op) is off by default: onnxruntime's CPU
+kernel is slower than ``Add`` + ``LayerNormalization`` on ViT token tensors, so
+:func:`transformer_optimizer_options` turns it off in onnxruntime's own transformer optimizer too.
 
 Every pass checks its pattern down to the constants and leaves what it does not recognise as it was;
 callers still verify the result against the Keras model (the export pipeline does, to 1e-4).
