@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 19 in two `run` calls of at most 9 minutes each (the device machines: PyTorch, JAX
-# and timm installed, no Keras, no TensorFlow, no network; 15 minutes of device time in all, start-up included).
+# The GPU figures in two calls of at most 9 minutes each, on a GPU machine that has PyTorch, JAX and timm but
+# no Keras, no TensorFlow and no network (Keras comes as wheels in a carried folder).
 #
-# Before: build the carry folders here (network to PyPI needed; both are git-ignored, each under 64 MiB):
+# Before: build the carry folders where PyPI is reachable (both are git-ignored, each under 64 MiB):
 #   DATA=/path/to/data benchmarks/prepare_gpu_carry.sh     # -> .carry/ (wheels + MNIST), .carry_cifar/ (wheels + CIFAR)
-# Then, from the repository root on the device (the `run` tool's carry option names the folder):
-#   call 1, carry [".carry"]:        PART=1 OUT=$OUT bash benchmarks/gpu_check.sh   (timeout_s 540)
+# Then, from the repository root on the GPU machine, with the folder copied beside the checkout:
+#   call 1, with .carry/:        PART=1 OUT=$OUT bash benchmarks/gpu_check.sh   (allow 540 s)
 #     - env.txt: GPU, driver, library versions
 #     - gpu_fit.{json,md} + gpu_fit_profiles/: ViT-B/16, batch 128, bf16: `fit` over the input pipeline and the pure
 #       step for keras-vit on JAX and PyTorch (and TensorFlow if present) against timm eager and timm
 #       torch.compile (DataLoader, pinned memory, non_blocking copies, AMP bf16, AdamW); a one-step profile per
-#       side (torch.profiler tables, a jax.profiler trace) for issue 19 item 3
+#       side (torch.profiler tables, a jax.profiler trace)
 #     - convstem/gpu_fit.{json,md}: vit_mnist_convstem, batch 128, digits on the device: input_wait = the share of
 #       an epoch the pure step does not explain (target < 10 %)
-#   call 2, carry [".carry_cifar"]:  PART=2 OUT=$OUT bash benchmarks/gpu_check.sh   (timeout_s 540)
+#   call 2, with .carry_cifar/:  PART=2 OUT=$OUT bash benchmarks/gpu_check.sh   (allow 540 s)
 #     - cifar.log, cifar_history.json: the CIFAR-10 recipe (vit_cifar_convstem, 6 minutes of training at most) on
 #       the JPEG copy (lossy, q75; its test images carried re-encoded at q95: say so beside the figure)
 # Knobs: MODEL, BATCH, STEPS, SIDES, FIT_TIMEOUT, CIFAR_EPOCHS, CIFAR_TIMEOUT (small values check the script).
