@@ -106,7 +106,7 @@ def test_augmentation_policies():
 
     train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
     augment = next(a for a in train_parser._actions if a.dest == "augment")
-    assert augment.choices == ["auto", *POLICIES]  # the command line offers every policy
+    assert list(augment.choices) == ["auto", *POLICIES]  # the command line offers every policy
     with pytest.raises(UserInputError, match="^Unknown augmentation 'flip'"):
         resolve_policy("flip", "mnist", 1)
 
