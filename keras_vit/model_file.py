@@ -78,9 +78,9 @@ def load_keras_model(path: str | os.PathLike):
 def load_vit_model(path: str | os.PathLike, needed_by: str = "this"):
     """:func:`load_keras_model`, and one sentence if the file holds another kind of model than a keras-vit
     ``VisionTransformer`` (``needed_by`` names the command or function that needs one)."""
+    model = load_keras_model(path)  # the path checks come first: a wrong path loads no framework
     from keras_vit.model import VisionTransformer
 
-    model = load_keras_model(path)
     if not isinstance(model, VisionTransformer):
         raise UserInputError(
             f"{Path(path).expanduser()} holds a {type(model).__name__}, not a keras-vit VisionTransformer; "
