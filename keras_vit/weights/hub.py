@@ -131,8 +131,8 @@ def _download(repo: str, filename: str, revision: str | None, required: bool = T
         from huggingface_hub import errors
     except ImportError as err:
         raise UserInputError(
-            "Pretrained weights by name need huggingface_hub: pip install 'keras-vit[weights]', or pass a "
-            "downloaded checkpoint file instead (keras-vit convert FILE)."
+            "Pretrained weights by name need huggingface_hub: pip install 'keras-vision-transformer[weights]', "
+            "or pass a downloaded checkpoint file instead (keras-vit convert FILE)."
         ) from err
     cached = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
     if isinstance(cached, str):  # in the cache: no network at all (hf_hub_download would ask the Hub for updates)

@@ -83,7 +83,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         from safetensors.numpy import load_file
     except ImportError as err:
         raise UserInputError(
-            f"Reading {path.name} needs the safetensors package: pip install 'keras-vit[weights]'."
+            f"Reading {path.name} needs the safetensors package: pip install 'keras-vision-transformer[weights]'."
         ) from err
     try:
         return load_file(str(path))

@@ -121,7 +121,7 @@ for name, values in logits.items():
 
 # %%
 try:
-    from keras_vit_edge import infer  # installed with the package (pip install keras-vit[edge])
+    from keras_vit_edge import infer  # installed with the package (pip install keras-vision-transformer[edge])
 except ImportError:  # a source checkout: load export/infer.py itself
     path = Path(keras_vit.__file__).resolve().parent.parent / "export" / "infer.py"
     spec = importlib.util.spec_from_file_location("infer", path)
