@@ -67,9 +67,15 @@ def test_corrupt_archive(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--format", "tflite"], "unknown export format 'tflite': choose one of onnx, saved_model."),
+        (["--format", "tflite"], "unknown export format 'tflite': choose one of onnx, saved_model, litert, web."),
         (["--opset", "11"], "unsupported ONNX opset '11': supported opsets are 13-18 (default 17)."),
-        (["--quantize", "int4"], "unknown quantization 'int4': the only one supported is int8."),
+        (["--quantize", "int4"],
+         "unknown quantization 'int4' for --format onnx: choose one of int8, int8-static, fp16."),
+        (["--format", "web", "--quantize", "int16x8"],
+         "unknown quantization 'int16x8' for --format web: choose one of int8."),
+        (["--quantize", "int8", "--calibration-data", "mnist"],
+         "--calibration-data applies to --quantize int8-static or int16x8 only."),
+        (["--format", "saved_model", "--portable"], "--portable applies to --format onnx only."),
         (["--format", "saved_model", "--quantize", "int8"],
          "--optimize and --quantize apply to ONNX exports only (use --format onnx)."),
         (["--verify-data", "imagenet"], "unknown verify data 'imagenet': give an .npz file or one of mnist, "

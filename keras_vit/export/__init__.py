@@ -25,6 +25,9 @@ Heavy libraries (TensorFlow, tf2onnx, onnxruntime) are imported only when an exp
 
 from __future__ import annotations
 
+import importlib
+import os
+
 from keras_vit.export.onnx import to_onnx
 from keras_vit.export.options import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportOptions
 from keras_vit.export.report import REQUIRED_KEYS, SAVED_MODEL_METADATA_FILE, ExportReport, read_metadata
@@ -39,7 +42,25 @@ __all__ = [
     "ExportOptions",
     "ExportReport",
     "ExportVerificationError",
+    "PIPELINES",
+    "export",
     "read_metadata",
     "to_onnx",
     "to_saved_model",
 ]
+
+
+#: The pipeline of each format (``module:function``), imported only when an export of that format runs.
+PIPELINES = {
+    "onnx": "keras_vit.export.onnx:export_onnx",
+    "saved_model": "keras_vit.export.saved_model:export_saved_model",
+    "litert": "keras_vit.export.litert:export_litert",
+    "web": "keras_vit.export.web:export_web",
+}
+
+
+def export(model_or_path, path: str | os.PathLike | None, options: ExportOptions) -> ExportReport:
+    """Export ``model_or_path`` as ``options`` say (checked here), with the pipeline of ``options.format``."""
+    options = options.checked()
+    module, function = PIPELINES[options.format].split(":")
+    return getattr(importlib.import_module(module), function)(model_or_path, path, options)

@@ -26,13 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(Path(argv[0]).read_text())
     report_file = Path(job["report"])
     try:
-        from keras_vit.export.onnx import export_onnx
+        from keras_vit.export import export
         from keras_vit.export.options import ExportOptions
-        from keras_vit.export.saved_model import export_saved_model
 
-        options = ExportOptions(**job["options"])
-        export = export_onnx if options.format == "onnx" else export_saved_model
-        report = export(job["model"], job["output"], options)
+        report = export(job["model"], job["output"], ExportOptions(**job["options"]))
     except KerasViTError as err:
         report_file.write_text(json.dumps({"error": str(err), "exit_code": err.exit_code}))
         return err.exit_code

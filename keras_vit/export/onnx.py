@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from keras_vit.errors import KerasViTError
+from keras_vit.errors import KerasViTError, UserInputError
 from keras_vit.export import tf_subprocess
 from keras_vit.export.options import DEFAULT_OPSET, ExportOptions, check_opset
 from keras_vit.export.report import ExportReport, build_metadata, set_onnx_metadata
@@ -154,6 +154,8 @@ def export_onnx(model_or_path, path: str | os.PathLike | None, options: ExportOp
             float_parity["max_abs_diff"] = optimization["max_abs_diff"]
 
     quantization, float_logits = None, None
+    if quantize not in (None, "int8"):  # int8-static and fp16 land with their own verification
+        raise UserInputError(f"--quantize {quantize} is not available for ONNX in this version.")
     if quantize:
         from keras_vit.export.optimize import quantize_int8
 

@@ -18,8 +18,21 @@ from typing import Any
 from keras_vit.errors import UserInputError
 from keras_vit.export.verify import PARITY_TOLERANCE
 
-FORMATS = ("onnx", "saved_model")
-QUANTIZATIONS = ("int8",)
+FORMATS = ("onnx", "saved_model", "litert", "web")
+#: ``--quantize`` modes per format. A name means the same in every format: ``fp16`` float16 weights (and
+#: activations where the runtime computes in float16), float32 inputs and outputs; ``int8`` dynamic range
+#: (int8 weights, activations quantised at run time); ``int8-static`` full integer, calibrated on real
+#: images; ``int16x8`` int16 activations with int8 weights, calibrated (LiteRT only).
+QUANTIZATIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("int8", "int8-static", "fp16"),
+    "litert": ("fp16", "int8", "int8-static", "int16x8"),
+    "web": ("int8",),
+    "saved_model": (),
+}
+#: The modes that calibrate on images (``--calibration-data``; default: the verify images).
+CALIBRATED_QUANTIZATIONS = ("int8-static", "int16x8")
+#: How many calibration images a calibrated quantisation reads by default.
+CALIBRATION_LIMIT = 256
 DEFAULT_OPSET = 17
 #: Opsets this pipeline converts to and checks (tf2onnx 1.17 writes up to 18; 17 adds LayerNormalization).
 SUPPORTED_OPSETS = tuple(range(13, 19))
@@ -47,12 +60,18 @@ def check_opset(opset: int) -> int:
     return value
 
 
-def check_quantize(quantize: str | None) -> str | None:
+def check_quantize(quantize: str | None, export_format: str = "onnx") -> str | None:
+    """``quantize`` in lower case, or :class:`UserInputError` naming the modes ``export_format`` has."""
     if quantize is None:
         return None
     value = str(quantize).lower()
-    if value not in QUANTIZATIONS:
-        raise UserInputError(f"unknown quantization {quantize!r}: the only one supported is int8.")
+    allowed = QUANTIZATIONS[check_format(export_format)]
+    if value not in allowed:
+        if not allowed:
+            raise UserInputError(f"--quantize does not apply to --format {export_format}.")
+        raise UserInputError(
+            f"unknown quantization {quantize!r} for --format {export_format}: choose one of {', '.join(allowed)}."
+        )
     return value
 
 
@@ -69,9 +88,13 @@ def input_dtype_for(include_preprocessing: bool, raw_input_dtype: str = "uint8")
 class ExportOptions:
     """Everything an export is asked to do besides which model and where to write.
 
-    ``format``: ``"onnx"`` or ``"saved_model"``. ``opset``, ``optimize`` and ``quantize`` (``"int8"`` or
-    ``None``) apply to ONNX only. ``include_preprocessing`` puts ``(raw * scale - mean) / std`` in the
-    graph, whose input is then raw pixels of ``raw_input_dtype``; ``include_probabilities`` adds a
+    ``format``: one of :data:`FORMATS`. ``opset`` and ``optimize`` apply to the ONNX-based formats
+    (``onnx``, ``web``); ``portable`` (ONNX, implies ``optimize``) rewrites into standard ONNX ops only
+    instead of onnxruntime's fused ones. ``quantize``: one of :data:`QUANTIZATIONS` for the format, or
+    ``None``; ``calibration_data`` names the images a calibrated mode (:data:`CALIBRATED_QUANTIZATIONS`)
+    reads (default: the verify images), ``calibration_limit`` how many. ``include_preprocessing`` puts
+    ``(raw * scale - mean) / std`` in the graph, whose input is then raw pixels of ``raw_input_dtype``;
+    ``include_probabilities`` adds a
     softmax output. ``verify_data`` names the images checked on (a dataset name or an ``.npz``), of which
     ``verify_limit`` are read; ``tolerance`` bounds the max abs logit difference against Keras.
     """
@@ -86,6 +109,9 @@ class ExportOptions:
     verify_data: str | None = None
     verify_limit: int = 1000
     tolerance: float = PARITY_TOLERANCE
+    portable: bool = False
+    calibration_data: str | None = None
+    calibration_limit: int = CALIBRATION_LIMIT
 
     def checked(self) -> ExportOptions:
         """These options validated and normalised (``opset`` an int, ``quantize`` lower case).
@@ -95,18 +121,32 @@ class ExportOptions:
         export_format = check_format(self.format)
         if export_format == "saved_model" and (self.optimize or self.quantize):
             raise UserInputError("--optimize and --quantize apply to ONNX exports only (use --format onnx).")
-        opset = check_opset(self.opset) if export_format == "onnx" else self.opset
-        quantize = check_quantize(self.quantize)
+        if self.portable and export_format != "onnx":
+            raise UserInputError("--portable applies to --format onnx only.")
+        opset = check_opset(self.opset) if export_format in ("onnx", "web") else self.opset
+        quantize = check_quantize(self.quantize, export_format)
+        if self.calibration_data is not None and quantize not in CALIBRATED_QUANTIZATIONS:
+            raise UserInputError(
+                f"--calibration-data applies to --quantize {' or '.join(CALIBRATED_QUANTIZATIONS)} only."
+            )
+        if int(self.calibration_limit) < 1:
+            raise UserInputError(f"calibration_limit must be at least 1, got {self.calibration_limit}.")
         input_dtype_for(self.include_preprocessing, self.raw_input_dtype)
         verify_data = None if self.verify_data is None else os.fspath(self.verify_data)
+        calibration_data = None if self.calibration_data is None else os.fspath(self.calibration_data)
         return dataclasses.replace(self, format=export_format, opset=opset, quantize=quantize,
-                                   verify_data=verify_data)
+                                   verify_data=verify_data, calibration_data=calibration_data,
+                                   optimize=self.optimize or self.portable,
+                                   calibration_limit=int(self.calibration_limit))
 
     def for_another_process(self) -> ExportOptions:
-        """The same options with a verify-data file's path made absolute (the child may run elsewhere)."""
-        if self.verify_data is not None and Path(self.verify_data).expanduser().is_file():
-            return dataclasses.replace(self, verify_data=str(Path(self.verify_data).expanduser().resolve()))
-        return self
+        """The same options with data files' paths made absolute (the child may run elsewhere)."""
+        changes = {}
+        for name in ("verify_data", "calibration_data"):
+            value = getattr(self, name)
+            if value is not None and Path(value).expanduser().is_file():
+                changes[name] = str(Path(value).expanduser().resolve())
+        return dataclasses.replace(self, **changes)
 
     @property
     def input_dtype(self) -> str:

@@ -160,14 +160,20 @@ def serving_function(
 # The model to export: option checks, output path, preparation
 
 
+#: The file suffix (or folder suffix) of each export format.
+OUTPUT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "saved_model": "_saved_model", "web": "_web"}
+
+
 def default_output(model_or_path, export_format: str, quantize: str | None = None) -> Path:
-    """``MODEL.onnx`` (``MODEL.int8.onnx``) or ``MODEL_saved_model`` beside a ``.keras`` path."""
+    """The output beside a ``.keras`` path: ``MODEL.onnx``, ``MODEL.int8.onnx``, ``MODEL.fp16.tflite``,
+    ``MODEL_saved_model`` or ``MODEL_web`` (a folder)."""
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise UserInputError("give an output path when exporting an in-memory model.")
     source = Path(model_or_path)
-    if export_format == "onnx":
-        return source.with_name(source.stem + (".int8.onnx" if quantize else ".onnx"))
-    return source.with_name(source.stem + "_saved_model")
+    suffix = OUTPUT_SUFFIXES[export_format]
+    if suffix.startswith("."):
+        return source.with_name(source.stem + (f".{quantize}" if quantize else "") + suffix)
+    return source.with_name(source.stem + suffix)
 
 
 def is_path(model_or_path) -> bool:

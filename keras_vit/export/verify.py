@@ -247,7 +247,7 @@ class VerifyData:
         return self.raw.astype(raw_input_dtype)
 
 
-def resolve_dataset(name: str) -> Path | str:
+def resolve_dataset(name: str, role: str = "verify data") -> Path | str:
     """The ``.npz`` file for a path, or the dataset name to load; :class:`UserInputError` if there is none.
 
     ``mnist``, ``fashion_mnist`` and ``cifar10`` are returned as names and loaded by
@@ -260,11 +260,11 @@ def resolve_dataset(name: str) -> Path | str:
     candidate = Path(name).expanduser()
     if name.endswith(".npz") or candidate.is_file():
         if not candidate.is_file():
-            raise UserInputError(f"verify data file {candidate} does not exist.")
+            raise UserInputError(f"{role} file {candidate} does not exist.")
         return candidate
     if name not in DATASETS:
         raise UserInputError(
-            f"unknown verify data {name!r}: give an .npz file or one of {', '.join([*DATASETS, 'mnist_sample'])}."
+            f"unknown {role} {name!r}: give an .npz file or one of {', '.join([*DATASETS, 'mnist_sample'])}."
         )
     if name in NAMED_DATASETS:
         return name
@@ -278,7 +278,7 @@ def resolve_dataset(name: str) -> Path | str:
     )
 
 
-def _read_images(path: Path | str, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_images(path: Path | str, limit: int, role: str = "verify data") -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``limit`` test images (and labels, if any) of a named dataset or an ``.npz`` file."""
     if isinstance(path, str):  # a named dataset: the library's loader and its error messages
         dataset = load_dataset(path)
@@ -294,7 +294,7 @@ def _read_images(path: Path | str, limit: int) -> tuple[np.ndarray, np.ndarray |
     except UserInputError:
         raise
     except Exception as err:
-        raise UserInputError(f"could not read verify data {path}: {err}") from None
+        raise UserInputError(f"could not read {role} {path}: {err}") from None
     return images, labels
 
 
@@ -304,15 +304,19 @@ def load_verify_data(
     channels: int,
     preprocessing: dict[str, Any],
     limit: int = 1000,
+    role: str = "verify data",
 ) -> VerifyData:
-    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped."""
-    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source))
-    images, labels = _read_images(path, limit)
+    """Up to ``limit`` test images from ``source`` (default: the packaged MNIST sample), model-shaped.
+
+    ``role`` names the images in error messages (``"verify data"``, ``"calibration data"``).
+    """
+    path = PACKAGED_SAMPLE if source is None else resolve_dataset(str(source), role)
+    images, labels = _read_images(path, limit, role)
     if len(images) == 0:
-        raise UserInputError(f"verify data {path} holds no images.")
+        raise UserInputError(f"{role} {path} holds no images.")
     description = f"{len(images)} images from {PACKAGED_SAMPLE.name if source is None else source}"
     is_raw = np.issubdtype(images.dtype, np.integer)
-    images = _to_nhwc(images.astype("float32"), path)
+    images = _to_nhwc(images.astype("float32"), path, role)
     changed = images.shape[1:] != (*image_size, channels)
     images = _match_shape(images, image_size, channels)
     if changed:
@@ -323,12 +327,36 @@ def load_verify_data(
     return VerifyData(None, images.astype("float32"), labels, description + " (float model inputs)")
 
 
-def _to_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
+def _to_nhwc(images: np.ndarray, path: Path, role: str = "verify data") -> np.ndarray:
     if images.ndim == 3:
         return images[..., None]
-    if images.ndim != 4:
-        raise UserInputError(f"verify data {path} has images of shape {images.shape}: expected (N, H, W[, C]).")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise UserInputError(
+            f"{role} {path} has images of shape {images.shape}: expected (N, H, W) or (N, H, W, C) with C 1, 3 or 4."
+        )
     return images
+
+
+def load_calibration_data(
+    source: str | os.PathLike | None,
+    verify: VerifyData,
+    image_size: tuple[int, int],
+    channels: int,
+    preprocessing: dict[str, Any],
+    limit: int,
+) -> VerifyData:
+    """The images a calibrated quantisation (``int8-static``, ``int16x8``) reads, shaped like ``verify``.
+
+    ``source`` is a dataset name or an ``.npz`` file, read and resized to the model exactly as the verify
+    images are (:func:`load_verify_data`); ``None`` takes the first ``limit`` verify images. The one owner
+    of calibration data for every format (ONNX, LiteRT).
+    """
+    if source is None:
+        raw = None if verify.raw is None else verify.raw[:limit]
+        labels = None if verify.labels is None else verify.labels[:limit]
+        inputs = verify.inputs[:limit]
+        return VerifyData(raw, inputs, labels, f"the first {len(inputs)} verify images")
+    return load_verify_data(source, image_size, channels, preprocessing, limit=limit, role="calibration data")
 
 
 def _match_shape(images: np.ndarray, image_size: tuple[int, int], channels: int) -> np.ndarray:
