@@ -64,15 +64,10 @@ def summarize(times: dict[str, np.ndarray], batch: int) -> dict[str, float]:
 
 
 def ort_session(path_or_bytes, threads: int):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (default graph optimisation, ALL)."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session with ``threads`` intra-op threads: the library's one set-up."""
+    from keras_vit.export.verify import ort_session as library_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes),
-                                options, providers=["CPUExecutionProvider"])
+    return library_session(path_or_bytes, threads=threads)
 
 
 def matmul_gflops(threads: int, size: int = 2048, rounds: int = 5) -> dict[str, float]:
