@@ -135,6 +135,14 @@ def test_missing_runtime_is_one_clear_error(model_path, tmp_path, monkeypatch, c
     assert not (tmp_path / "site").exists()
 
 
+def test_missing_page_source_is_one_clear_error(model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(web, "PAGE_DIR", tmp_path / "wheel" / "export" / "web")
+    code = main(["export", str(model_path), "--format", "web", "--output", str(tmp_path / "site")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "the web page's source is not found" in err
+    assert not (tmp_path / "site").exists()
+
+
 def test_refuses_to_replace_a_folder_that_is_not_a_site(model_path, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -10,9 +10,10 @@ WASM build, pinned by ``export/web/package.json``::
     SITE/ort/ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}   onnxruntime-web, WASM only
 
 It runs offline from any static server (``python -m http.server -d SITE``): one WASM thread, so no
-cross-origin isolation headers are needed. onnxruntime-web's files (14 MB of WASM) are not in the Python
-package: they come from ``export/web/node_modules`` after ``npm ci`` there, or from the folder named by
-``$KERAS_VIT_ORT_WEB`` (an ``onnxruntime-web/dist`` of the pinned version). The whole site is built in a
+cross-origin isolation headers are needed. Neither the page nor onnxruntime-web's files (14 MB of WASM)
+are in the Python package, so ``--format web`` runs from a clone (``pip install -e .``): the runtime comes
+from ``export/web/node_modules`` after ``npm ci`` there, or from the folder named by ``$KERAS_VIT_ORT_WEB``
+(an ``onnxruntime-web/dist`` of the pinned version); either missing is one clear error. The whole site is built in a
 temporary folder beside the output and renamed into place (:func:`keras_vit.io.atomic_output`).
 """
 
@@ -45,14 +46,22 @@ SITE_FILE = "model.json"
 MODEL_FILE = "model.onnx"
 
 
-def pinned_runtime_version(page_dir: Path = PAGE_DIR) -> str:
-    """The onnxruntime-web version ``export/web/package.json`` pins."""
+def pinned_runtime_version(page_dir: Path | None = None) -> str:
+    """The onnxruntime-web version ``export/web/package.json`` pins (a clear error without the page's source)."""
+    page_dir = PAGE_DIR if page_dir is None else page_dir
+    missing = [name for name in (*PAGE_FILES, "package.json") if not (page_dir / name).is_file()]
+    if missing:
+        raise UserInputError(
+            f"the web page's source is not found ({page_dir} lacks {missing[0]}): --format web builds the site "
+            "from export/web of a keras-vit clone (pip install -e .), which a wheel does not hold."
+        )
     package = json.loads((page_dir / "package.json").read_text(encoding="utf-8"))
     return package["dependencies"]["onnxruntime-web"]
 
 
-def find_runtime(page_dir: Path = PAGE_DIR) -> Path:
+def find_runtime(page_dir: Path | None = None) -> Path:
     """The folder holding :data:`RUNTIME_FILES` of the pinned onnxruntime-web, or a clear :class:`UserInputError`."""
+    page_dir = PAGE_DIR if page_dir is None else page_dir
     version = pinned_runtime_version(page_dir)
     override = os.environ.get(RUNTIME_ENV)
     dist = Path(override).expanduser() if override else page_dir / "node_modules" / "onnxruntime-web" / "dist"
