@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -28,12 +30,24 @@ ort = pytest.importorskip("onnxruntime")
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from export.infer import Classifier, InputSpec, preprocess_image  # noqa: E402
 from keras_vit.cli.main import main  # noqa: E402
 from keras_vit.errors import UserInputError  # noqa: E402
 from keras_vit.export import ExportOptions, export, read_metadata, to_onnx, web  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
+
+
+def _load_infer():
+    """The repository's export/infer.py, by path (as tests/test_edge_runtime.py loads it)."""
+    spec = importlib.util.spec_from_file_location("edge_infer_for_web", REPO_ROOT / "export" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+infer = _load_infer()
+Classifier, InputSpec, preprocess_image = infer.Classifier, infer.InputSpec, infer.preprocess_image
 
 WEB_TESTS = REPO_ROOT / "tests" / "web"
 MNIST = {"image_size": [28, 28], "channels": 1, "input_dtype": "float32",
