@@ -55,7 +55,7 @@ def mnist_images():
     return data.inputs
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="in-process checks run on TensorFlow")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 def test_float_tflite_parity_dynamic_batch_and_operators(float_export, mnist_keras, mnist_images):
     report, path = float_export
     assert path == mnist_keras.with_suffix(".tflite") and path.is_file()
@@ -100,7 +100,7 @@ def test_metadata_round_trip_inside_the_file(float_export):
     assert metadata["keras_vit_version"] == keras_vit.__version__
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="in-process checks run on TensorFlow")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 def test_fp16_builtin_ops_and_agreement(mnist_keras, tmp_path):
     path = tmp_path / "m.fp16.tflite"
     report = export(mnist_keras, path, ExportOptions(format="litert", quantize="fp16", verify_limit=200))
@@ -138,7 +138,7 @@ def test_int8_static_is_written_only_at_99_percent_agreement(trained_mnist_model
     assert q["calibration"] == "the first 64 verify images"
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="builds a TensorFlow-op layer")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 def test_layer_needing_flex_fails_naming_the_op_and_layer(tmp_path):
     import tensorflow as tf
 
@@ -194,7 +194,7 @@ def test_in_memory_model_from_any_backend(tmp_path):
     assert read_metadata(path)["num_classes"] == model.num_classes
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="in-process checks run on TensorFlow")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 def test_int16x8_that_litert_cannot_run_leaves_no_file(mnist_keras, tmp_path):
     """LiteRT 2.3 has no int16 SQUARED_DIFFERENCE kernel (LayerNorm's variance): the written file fails to run,
     so the export stops with the runtime's reason before the rename."""
@@ -203,3 +203,19 @@ def test_int16x8_that_litert_cannot_run_leaves_no_file(mnist_keras, tmp_path):
         export(mnist_keras, out, ExportOptions(format="litert", quantize="int16x8", verify_limit=32,
                                                calibration_limit=8))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
+def test_cli_litert_int8_writes_the_default_path_and_reports(mnist_keras, capsys):
+    from keras_vit.cli.main import main
+
+    code = main(["export", str(mnist_keras), "--format", "litert", "--quantize", "int8"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    path = mnist_keras.with_name("vit_mnist.int8.tflite")
+    assert path.is_file() and f"wrote {path} (litert" in out
+    assert "int8 (dynamic range" in out and "top-1 agreement with Keras" in out and "operators (" in out
+    code = main(["export", str(mnist_keras), "--format", "litert", "--quantize", "int4"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "unknown quantization 'int4' for --format litert: choose one of fp16, int8, int8-static, int16x8.")

@@ -13,9 +13,12 @@ Keras model (>= 99 %) on the verify images, reported with the accuracy before an
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +88,8 @@ def convert_to_litert(model, info: ModelDescription, options: ExportOptions,
     )
     concrete = function.get_concrete_function()
     # No trackable object: that path freezes every variable (with one, resource variables stay in the file).
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    with _quiet_converter():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     ops = tf.lite.OpsSet
     converter.target_spec.supported_ops = [ops.TFLITE_BUILTINS]
     converter.allow_custom_ops = False
@@ -108,12 +112,28 @@ def convert_to_litert(model, info: ModelDescription, options: ExportOptions,
             ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         converter.target_spec.supported_ops = [full, ops.TFLITE_BUILTINS]
     try:
-        content = converter.convert()
+        with _quiet_converter():
+            content = converter.convert()
     except Exception as err:
         raise _conversion_error(err, concrete) from None
     input_name = concrete.inputs[0].name.split(":")[0]
     output_names = {tensor.name.split(":")[0]: key for key, tensor in concrete.structured_outputs.items()}
     return bytes(content), input_name, output_names
+
+
+@contextlib.contextmanager
+def _quiet_converter():
+    """Silence the converter's Python warnings: "consider providing the trackable_obj" (deliberate, see
+    :func:`convert_to_litert`) and "Statistics for quantized inputs were expected" (float32 input)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        absl.setLevel(level)
 
 
 def _conversion_error(err: Exception, concrete=None) -> KerasViTError:

@@ -189,6 +189,8 @@ class ExportReport:
                 f"parity vs Keras on {p['samples']} of the verify images (verify data: {self.verify_data}; "
                 f"batches {sizes}): "
                 f"max abs logit diff {p['max_abs_diff']:.3g} <= {format_tolerance(p['tolerance'])}"
+                + (f" ({p['relative_diff']:.2g} of the logit scale {p['logit_scale']:.3g})"
+                   if "relative_diff" in p else "")
             )
         if self.source_parity:
             s = self.source_parity
