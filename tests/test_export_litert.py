@@ -219,3 +219,22 @@ def test_cli_litert_int8_writes_the_default_path_and_reports(mnist_keras, capsys
     assert code == 2
     assert capsys.readouterr().err.strip().endswith(
         "unknown quantization 'int4' for --format litert: choose one of fp16, int8, int8-static, int16x8.")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
+def test_read_metadata_of_a_foreign_or_broken_tflite(tmp_path):
+    from keras_vit.export.litert import convert_to_litert
+    from keras_vit.export.source import describe_model
+
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    content, _, _ = convert_to_litert(model, describe_model(model), ExportOptions(format="litert"))
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(content)  # the converter's file, without keras-vit's metadata
+    assert operators(foreign) == ["FULLY_CONNECTED", "PACK", "RESHAPE", "SHAPE", "STRIDED_SLICE"]
+    with pytest.raises(UserInputError, match="foreign.tflite has no keras-vit metadata"):
+        read_metadata(foreign)
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(content[:40])
+    with pytest.raises(UserInputError, match="broken.tflite is not a readable .tflite file"):
+        read_metadata(broken)

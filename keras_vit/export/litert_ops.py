@@ -102,7 +102,7 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict[str, Any]:
             if _text(entry.Name()) == METADATA_NAME:
                 data = model.Buffers(entry.Buffer()).DataAsNumpy()
                 return json.loads(bytes(data).decode("utf-8"))
-    except (OSError, ValueError, IndexError, AttributeError, UnicodeDecodeError) as err:
+    except Exception as err:  # a truncated or foreign flatbuffer raises struct.error, IndexError, ...
         raise UserInputError(f"{path} is not a readable .tflite file: {err}") from None
     raise UserInputError(f"{path} has no keras-vit metadata: not a keras-vit LiteRT export.")
 
