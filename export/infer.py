@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Classify images with a keras-vit ONNX model: numpy + onnxruntime only (Pillow for image files).
+"""Classify images with a keras-vit ONNX or LiteRT model: numpy + onnxruntime or ai-edge-litert (Pillow for images).
 
-This file is the whole edge runtime: copy it next to ``model.onnx`` on the device and run
+This file is the whole edge runtime: copy it next to ``model.onnx`` (or ``model.tflite``) on the device and run
 
     python infer.py model.onnx photo.jpg digits/ batch.npz --top-k 3 [--json]
     python infer.py model.onnx --benchmark --batch-size 1 --runs 200
+    python infer.py model.tflite photo.jpg --json        # LiteRT: ai-edge-litert instead of onnxruntime
+
+A ``.tflite`` file (LiteRT, ``keras-vit export --format litert``) runs with ``ai_edge_litert``'s
+interpreter (XNNPACK on CPU); its keras-vit metadata is read from the flatbuffer's metadata map. Running
+one imports neither onnxruntime nor TensorFlow.
 
 Everything the model needs (image size, channels, scaling/normalisation, class names) is read from the
 ONNX file's metadata (``metadata_props``) written by ``keras_vit.export``. It never imports Keras,
@@ -373,6 +378,102 @@ def _ort():
     return onnxruntime
 
 
+# LiteRT (.tflite): an adapter with the onnxruntime-session methods this file uses, so that one code path
+# (read_model_info, Classifier) serves both formats.
+_TFLITE_METADATA = "keras_vit"  # the metadata map entry keras_vit.export writes (JSON)
+_TFLITE_TEXT_KEYS = {"input_dtype", "preset", "keras_vit_version", "format"}
+_TFLITE_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
+
+
+def is_tflite(path: str) -> bool:
+    """True when ``path`` is a LiteRT flatbuffer (identifier ``TFL3``)."""
+    try:
+        with open(path, "rb") as fp:
+            return fp.read(8)[4:8] == b"TFL3"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    name: str
+    type: str
+    shape: list
+
+
+class _LiteRTSession:
+    """A ``.tflite`` file on ``ai_edge_litert``'s interpreter, with ``get_inputs/get_outputs/run/get_modelmeta``."""
+
+    def __init__(self, path: str, threads: int | None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise InferenceError("ai-edge-litert is not installed: pip install ai-edge-litert") from err
+        with open(path, "rb") as fp:
+            content = fp.read()
+        try:
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except Exception as err:  # LiteRT raises ValueError/RuntimeError for broken files
+            raise InferenceError(f"cannot load model {path}: not a valid LiteRT model ({_short(err)})") from None
+        self.metadata = _tflite_metadata(content, path)
+        self._inputs = self.interpreter.get_input_details()
+        self._outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self._batch: int | None = None
+
+    @staticmethod
+    def _info(detail: dict) -> _TensorInfo:
+        shape = [None if int(d) < 0 else int(d) for d in detail.get("shape_signature", detail["shape"])]
+        dtype = np.dtype(detail["dtype"]).name
+        return _TensorInfo(detail["name"], _TFLITE_TYPES.get(dtype, f"tensor({dtype})"), shape)
+
+    def get_inputs(self) -> list[_TensorInfo]:
+        return [self._info(d) for d in self._inputs]
+
+    def get_outputs(self) -> list[_TensorInfo]:
+        return [self._info(d) for d in self._outputs.values()]
+
+    def get_modelmeta(self):
+        return _TFLiteMeta(self.metadata)
+
+    def run(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (batch,) = feeds.values()
+        index = self._inputs[0]["index"]
+        if self._batch != batch.shape[0]:  # dynamic batch: the file's shape signature has -1 there
+            self.interpreter.resize_tensor_input(index, list(batch.shape), strict=True)
+            self.interpreter.allocate_tensors()
+            self._batch = batch.shape[0]
+        self.interpreter.set_tensor(index, batch)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(self._outputs[name]["index"]).copy() for name in output_names]
+
+
+@dataclass(frozen=True)
+class _TFLiteMeta:
+    custom_metadata_map: dict
+
+
+def _tflite_metadata(content: bytes, path: str) -> dict[str, str]:
+    """The keras-vit metadata of a ``.tflite`` as ONNX-style strings (JSON for non-text values); {} if none."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.Model.GetRootAs(content, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == _TFLITE_METADATA.encode():
+                values = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+                break
+        else:
+            return {}
+    except Exception as err:  # a broken flatbuffer raises many types
+        raise InferenceError(f"{path}: cannot read the LiteRT metadata ({_short(err, 120)})") from None
+    if not isinstance(values, dict):
+        raise InferenceError(f"{path}: the keras-vit metadata is not a JSON object")
+    return {key: ("" if value is None else str(value)) if key in _TFLITE_TEXT_KEYS else json.dumps(value)
+            for key, value in values.items()}
+
+
 def _short(err: BaseException, limit: int = 200) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -556,7 +657,7 @@ class Classifier:
     """An ONNX image classifier with keras-vit preprocessing, on onnxruntime.
 
     Args:
-        model_path: the ``.onnx`` file.
+        model_path: the ``.onnx`` file, or a ``.tflite`` file (run with ai-edge-litert).
         threads: onnxruntime intra-op threads (``None``: onnxruntime's default, all cores).
         providers: onnxruntime execution providers (default: CPU).
         warn: where warnings go (default: one line on stderr).
@@ -580,6 +681,14 @@ class Classifier:
             raise InferenceError(f"model path is not a file: {path}")
         if threads is not None and int(threads) < 1:
             raise InferenceError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        if path.lower().endswith(".tflite") or is_tflite(path):
+            if providers and list(providers) != ["CPUExecutionProvider"]:
+                raise InferenceError("--provider applies to ONNX models; a .tflite runs on LiteRT's CPU (XNNPACK)")
+            self.session = _LiteRTSession(path, threads)
+            self.info = read_model_info(self.session, path, self.warn)
+            self.spec = self.info.spec
+            return
         ort = _ort()
         providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
@@ -610,7 +719,8 @@ class Classifier:
         try:
             (result,) = self.session.run([output], {self.info.input_name: batch})
         except Exception as err:  # a graph that loads but cannot run (bad op, shape clash inside)
-            raise InferenceError(f"{self.info.path}: onnxruntime failed to run the model ({_short(err)})") from None
+            runtime = "LiteRT" if isinstance(self.session, _LiteRTSession) else "onnxruntime"
+            raise InferenceError(f"{self.info.path}: {runtime} failed to run the model ({_short(err)})") from None
         return result
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
@@ -884,10 +994,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The ``infer.py`` / ``keras-vit-infer`` argument parser."""
     parser = _Parser(
         prog=prog,
-        description="Classify images with a keras-vit ONNX model (numpy + onnxruntime; Pillow for images).",
+        description="Classify images with a keras-vit ONNX or LiteRT model (numpy + onnxruntime or "
+        "ai-edge-litert; Pillow for images).",
         epilog="Exit codes: 0 all classified, 1 inputs skipped (named on stderr), 2 bad model/option/array.",
     )
-    parser.add_argument("model", metavar="MODEL.onnx", help="the exported model")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the exported model (.onnx or .tflite)")
     parser.add_argument(
         "inputs",
         metavar="INPUT",

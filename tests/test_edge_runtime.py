@@ -204,7 +204,7 @@ def test_source_imports_only_stdlib_numpy_onnxruntime_pillow():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
-    assert third_party == {"numpy", "onnxruntime", "PIL"}
+    assert third_party == {"numpy", "onnxruntime", "PIL", "ai_edge_litert"}  # ai_edge_litert: .tflite only
     top_level = {
         alias.name.split(".")[0]
         for node in tree.body
@@ -212,6 +212,7 @@ def test_source_imports_only_stdlib_numpy_onnxruntime_pillow():
         for alias in node.names
     } | {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert "PIL" not in top_level and "onnxruntime" not in top_level  # both lazy
+    assert "ai_edge_litert" not in top_level
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def write_saved_model_metadata(directory: str | os.PathLike, metadata: dict[str,
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the metadata of an exported ONNX file or SavedModel directory (typed values)."""
+    """Read the metadata of an exported ONNX file, ``.tflite`` file or SavedModel directory (typed values)."""
     path = Path(path)
     if path.is_dir():
         meta_file = path / SAVED_MODEL_METADATA_FILE
@@ -108,6 +108,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(meta_file.read_text(encoding="utf-8"))
     if not path.is_file():
         raise UserInputError(f"{path} does not exist.")
+    from keras_vit.export.litert_ops import is_tflite, read_tflite_metadata
+
+    if path.suffix == ".tflite" or is_tflite(path):
+        return read_tflite_metadata(path)
     import onnx
 
     try:
@@ -139,7 +143,8 @@ class ExportReport:
     written file against Keras (absent for INT8 files, whose check is ``quantization["agreement"]``).
     ``optimization`` / ``quantization``: what ``--optimize`` / ``--quantize int8`` did (or ``None``).
     ``source_parity``: the check against the caller's in-memory model when the conversion ran in a
-    TensorFlow subprocess for a model living under another backend.
+    TensorFlow subprocess for a model living under another backend. ``operators``: the operator names
+    of a ``.tflite`` file (LiteRT exports).
     """
 
     format: str
@@ -155,6 +160,7 @@ class ExportReport:
     quantization: dict[str, Any] | None = None
     source_parity: dict[str, Any] | None = None
     converted_in: str = "tensorflow"
+    operators: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +189,8 @@ class ExportReport:
                 f"parity vs Keras on {p['samples']} of the verify images (verify data: {self.verify_data}; "
                 f"batches {sizes}): "
                 f"max abs logit diff {p['max_abs_diff']:.3g} <= {format_tolerance(p['tolerance'])}"
+                + (f" ({p['relative_diff']:.2g} of the logit scale {p['logit_scale']:.3g})"
+                   if "relative_diff" in p else "")
             )
         if self.source_parity:
             s = self.source_parity
@@ -199,7 +207,14 @@ class ExportReport:
                           f"{o['optimized_ms']:.3f} ms optimized")
             lines.append(f"optimize: fused ops {fusions}; nodes {o['nodes_plain']} -> {o['nodes_optimized']}{timing}")
             lines.append(f"optimize: kept the {o['kept']} graph ({o['reason']})")
-        if self.quantization:
+        if self.quantization and self.quantization.get("mode"):  # LiteRT: agreement with the Keras model
+            q = self.quantization
+            lines.append(
+                f"{q['mode']} ({q['settings']}): top-1 agreement with Keras {_pct(q['agreement'])} on "
+                f"{q['samples']} images (>= {q['min_agreement']:.0%}); accuracy {_pct(q['accuracy_before'])}"
+                f" -> {_pct(q['accuracy_after'])}; max abs logit diff {q['max_abs_diff']:.3g}"
+            )
+        elif self.quantization:
             q = self.quantization
             s = q["settings"]
             if "float_max_abs_diff" in q:
@@ -213,5 +228,7 @@ class ExportReport:
                 f"{s['per_channel']}, reduce_range={s['reduce_range']}, first/last MatMul float="
                 f"{s['keep_first_last_float']}); accuracy {_pct(q['accuracy_before'])} -> {_pct(q['accuracy_after'])}"
             )
+        if self.operators:
+            lines.append(f"operators ({len(self.operators)}): {', '.join(self.operators)}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
