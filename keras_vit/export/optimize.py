@@ -24,6 +24,7 @@ from keras_vit.export.verify import (
     PARITY_TOLERANCE,
     ExportVerificationError,
     accuracy,
+    max_relative_diff,
     onnx_parity,
     ort_session,
     run_onnx,
@@ -141,6 +142,7 @@ def quantize_int8(model_proto, feed: np.ndarray, float_logits: np.ndarray, label
     quantized, agreement, settings, logits = best
     report.update(
         settings=settings, agreement=agreement, accuracy_after=accuracy(logits, labels),
+        max_relative_diff=max_relative_diff(logits, float_logits),
         size_after=len(quantized.SerializeToString()),
     )
     if agreement < min_agreement:
@@ -199,6 +201,17 @@ def optimize_graph(model_proto, info: ModelDescription):
         optimized = onnx.load(Path(tmp) / "optimized.onnx")
     del optimized.metadata_props[:]
     return optimized
+
+
+def portable_graph(model_proto):
+    """``--optimize --portable``: the keras-vit fusions in standard ONNX ops only (opset 23), no onnxruntime pass.
+
+    onnxruntime's offline optimisation would write its contrib ops back, so it is not run here; it still
+    runs when the file is loaded (:mod:`keras_vit.export.graph.portable`).
+    """
+    from keras_vit.export.graph.portable import portable_vit
+
+    return portable_vit(model_proto)[0]
 
 
 def choose_graph(plain, optimized, feed: np.ndarray, reference: np.ndarray, timing_rounds: int = 10):
