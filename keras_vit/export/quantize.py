@@ -176,6 +176,22 @@ def _quantize_static_file(source: Path, target: Path, calibration: np.ndarray, m
 # fp16
 
 
+def _fuse_layer_norms(model_proto):
+    """Decomposed LayerNorms (no ``--optimize``) as ``LayerNormalization`` (opset >= 17): they stay float32.
+
+    Returns ``(proto, how many were fused)``; a graph below opset 17 is returned as it is.
+    """
+    from keras_vit.export.graph.edit import GraphEditor
+    from keras_vit.export.graph.passes import fuse_layer_norm
+
+    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 17:
+        return model_proto, 0
+    editor = GraphEditor(model_proto)
+    count = fuse_layer_norm(editor)
+    return (editor.to_model(), count) if count else (model_proto, 0)
+
+
 def quantize_fp16(model_proto, feed: np.ndarray, float_logits: np.ndarray, labels: np.ndarray | None = None,
                   min_agreement: float = FP16_MIN_AGREEMENT):
     """Float16 weights and activations, float32 ``images`` in and outputs out; :data:`FP16_KEEP_FLOAT` stay float32.
@@ -187,6 +203,7 @@ def quantize_fp16(model_proto, feed: np.ndarray, float_logits: np.ndarray, label
     report = {"mode": "fp16", "size_before": len(model_proto.SerializeToString()), "samples": int(len(feed)),
               "accuracy_before": accuracy(float_logits, labels), "min_agreement": min_agreement,
               "settings": {"keep_float": list(FP16_KEEP_FLOAT)}}
+    model_proto, report["settings"]["layer_norms_fused"] = _fuse_layer_norms(model_proto)
     with _quiet():
         converted = convert_float_to_float16(
             model_proto, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FLOAT],
