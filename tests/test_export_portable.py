@@ -94,3 +94,18 @@ def test_default_optimize_is_still_the_onnxruntime_fused_file(small_vit, tmp_pat
     report = to_onnx(model, tmp_path / "fused.onnx", optimize=True)
     assert report.runtimes == "onnxruntime only (com.microsoft ops)"
     assert "com.microsoft" in {n.domain for n in onnx.load(tmp_path / "fused.onnx").graph.node}
+
+
+def test_dynamic_int8_of_a_portable_graph_stays_standard(small_vit):
+    # onnxruntime's quantizer would turn any "Attention" into com.microsoft.QAttention (x, W, b inputs).
+    from keras_vit.export.optimize import quantize_once
+
+    model, plain = small_vit
+    portable, _ = portable_vit(plain)
+    quantized = quantize_once(portable, per_channel=False, reduce_range=True, keep_first_last_float=False)
+    assert is_standard(quantized) and ops(quantized)["MatMulInteger"] > 0 and ops(quantized)["Attention"] == model.depth
+    images = np.random.default_rng(0).standard_normal((32, *model.input_shape[1:])).astype("float32")
+    run = {name: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+           for name, p in (("int8", quantized), ("float", portable))}
+    logits, reference = (run[name].run(["logits"], {"images": images})[0] for name in ("int8", "float"))
+    assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.1

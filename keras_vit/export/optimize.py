@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_vit.export.graph.edit import MS_DOMAIN
 from keras_vit.export.graph.fusion import FUSED_FAMILIES
 from keras_vit.export.source import ModelDescription
 from keras_vit.export.verify import (
@@ -107,8 +108,12 @@ def _quantize_file(tmp: str, model_proto, per_channel: bool, reduce_range: bool,
 
     source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
     onnx.save(model_proto, source)
+    # onnxruntime's quantizer turns any "Attention" into com.microsoft.QAttention, which reads x, W, b: only
+    # the contrib Attention has that signature (the standard one of a --portable graph reads q, k, v).
+    contrib_attention = any(n.op_type == "Attention" and n.domain == MS_DOMAIN for n in model_proto.graph.node)
     quantize_dynamic(
-        source, target, op_types_to_quantize=OP_TYPES, per_channel=per_channel, reduce_range=reduce_range,
+        source, target, op_types_to_quantize=OP_TYPES if contrib_attention else ["MatMul"],
+        per_channel=per_channel, reduce_range=reduce_range,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=first_last_matmuls(model_proto) if keep_first_last_float else None,
     )
