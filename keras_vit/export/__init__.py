@@ -15,7 +15,8 @@ Modules, by what a reader looks for:
 - ``source``: the model being exported (safe loading, description, serving function, first steps);
 - ``verify``: parity checks, the verify images, onnxruntime sessions, the export's errors;
 - ``optimize``: ``--optimize`` and ``--quantize int8``, and latency timing;
-- ``graph``: the ONNX rewriter into onnxruntime's fused ops (a subpackage);
+- ``quantize``: ``--quantize int8-static`` (calibrated QDQ) and ``--quantize fp16`` for ONNX;
+- ``graph``: the ONNX rewriter into onnxruntime's fused ops, or standard ops only (``--portable``; a subpackage);
 - ``report``: :class:`ExportReport` and the keras-vit metadata of the written files;
 - ``tf_subprocess`` (and ``__main__``): the conversion in a TensorFlow child process for JAX/PyTorch callers.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_vit.export.graph.edit import MS_DOMAIN
 from keras_vit.export.graph.fusion import FUSED_FAMILIES
 from keras_vit.export.source import ModelDescription
 from keras_vit.export.verify import (
@@ -24,6 +25,7 @@ from keras_vit.export.verify import (
     PARITY_TOLERANCE,
     ExportVerificationError,
     accuracy,
+    max_relative_diff,
     onnx_parity,
     ort_session,
     run_onnx,
@@ -106,8 +108,12 @@ def _quantize_file(tmp: str, model_proto, per_channel: bool, reduce_range: bool,
 
     source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
     onnx.save(model_proto, source)
+    # onnxruntime's quantizer turns any "Attention" into com.microsoft.QAttention, which reads x, W, b: only
+    # the contrib Attention has that signature (the standard one of a --portable graph reads q, k, v).
+    contrib_attention = any(n.op_type == "Attention" and n.domain == MS_DOMAIN for n in model_proto.graph.node)
     quantize_dynamic(
-        source, target, op_types_to_quantize=OP_TYPES, per_channel=per_channel, reduce_range=reduce_range,
+        source, target, op_types_to_quantize=OP_TYPES if contrib_attention else ["MatMul"],
+        per_channel=per_channel, reduce_range=reduce_range,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=first_last_matmuls(model_proto) if keep_first_last_float else None,
     )
@@ -141,6 +147,7 @@ def quantize_int8(model_proto, feed: np.ndarray, float_logits: np.ndarray, label
     quantized, agreement, settings, logits = best
     report.update(
         settings=settings, agreement=agreement, accuracy_after=accuracy(logits, labels),
+        max_relative_diff=max_relative_diff(logits, float_logits),
         size_after=len(quantized.SerializeToString()),
     )
     if agreement < min_agreement:
@@ -199,6 +206,17 @@ def optimize_graph(model_proto, info: ModelDescription):
         optimized = onnx.load(Path(tmp) / "optimized.onnx")
     del optimized.metadata_props[:]
     return optimized
+
+
+def portable_graph(model_proto):
+    """``--optimize --portable``: the keras-vit fusions in standard ONNX ops only (opset 23), no onnxruntime pass.
+
+    onnxruntime's offline optimisation would write its contrib ops back, so it is not run here; it still
+    runs when the file is loaded (:mod:`keras_vit.export.graph.portable`).
+    """
+    from keras_vit.export.graph.portable import portable_vit
+
+    return portable_vit(model_proto)[0]
 
 
 def choose_graph(plain, optimized, feed: np.ndarray, reference: np.ndarray, timing_rounds: int = 10):

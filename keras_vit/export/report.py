@@ -121,6 +121,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return decode_props({p.key: p.value for p in model.metadata_props})
 
 
+def readable_by(model_proto) -> str:
+    """Which runtimes can read ``model_proto``: ``"onnxruntime only (...)"`` or ``"any ONNX runtime with opset N"``."""
+    custom = sorted({node.domain for node in model_proto.graph.node if node.domain not in ("", "ai.onnx")})
+    if custom:
+        return f"onnxruntime only ({', '.join(custom)} ops)"
+    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return f"any ONNX runtime with opset {opset}"
+
+
 # --------------------------------------------------------------------------------------------------
 # The export report
 
@@ -162,6 +171,8 @@ class ExportReport:
     converted_in: str = "tensorflow"
     operators: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Which runtimes can read the file (:func:`readable_by`); ``None`` for SavedModels.
+    runtimes: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,7 +218,9 @@ class ExportReport:
                           f"{o['optimized_ms']:.3f} ms optimized")
             lines.append(f"optimize: fused ops {fusions}; nodes {o['nodes_plain']} -> {o['nodes_optimized']}{timing}")
             lines.append(f"optimize: kept the {o['kept']} graph ({o['reason']})")
-        if self.quantization and self.quantization.get("mode"):  # LiteRT: agreement with the Keras model
+        if self.runtimes:
+            lines.append(f"readable by: {self.runtimes}")
+        if self.quantization and self.format == "litert":  # LiteRT: agreement with the Keras model
             q = self.quantization
             lines.append(
                 f"{q['mode']} ({q['settings']}): top-1 agreement with Keras {_pct(q['agreement'])} on "
@@ -222,6 +235,19 @@ class ExportReport:
                     f"float graph before quantisation: max abs logit diff vs Keras {q['float_max_abs_diff']:.3g} "
                     f"<= 1e-4 ({self.verify_data})"
                 )
+            mode = q.get("mode", "int8")
+            if mode != "int8":
+                rel = q.get("max_relative_diff")
+                settings = ", ".join(f"{k}={v}" for k, v in s.items())
+                lines.append(
+                    f"{mode}: size {_size(q['size_before'])} -> {_size(q['size_after'])}; top-1 agreement with "
+                    f"float {_pct(q['agreement'])} on {q['samples']} images (>= {_pct(q['min_agreement'])}); "
+                    f"max relative logit diff {'n/a' if rel is None else f'{rel:.3g}'}; {settings}; "
+                    f"accuracy {_pct(q['accuracy_before'])} -> {_pct(q['accuracy_after'])}"
+                )
+        if self.quantization and self.format != "litert" and self.quantization.get("mode", "int8") == "int8":
+            q = self.quantization
+            s = q["settings"]
             lines.append(
                 f"int8: size {_size(q['size_before'])} -> {_size(q['size_after'])}; top-1 agreement with float "
                 f"{_pct(q['agreement'])} on {q['samples']} images (>= {q['min_agreement']:.0%}; per_channel="

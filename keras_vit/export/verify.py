@@ -48,6 +48,8 @@ def error_from_exit_code(message: str, exit_code: int) -> KerasViTError:
 
 PARITY_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
+#: Top-1 agreement an fp16 file needs with the float graph (every format).
+FP16_MIN_AGREEMENT = 0.995
 #: Sub-batch sizes every parity check runs (dynamic batch: 1 and 17 both run); the rest follows.
 CHECK_BATCH_SIZES = (17, 1)
 PARITY_SAMPLES = 64
@@ -172,6 +174,12 @@ def onnx_parity(session, feed: np.ndarray, reference: np.ndarray, tolerance: flo
 def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
     """Fraction of rows whose argmax matches."""
     return float(np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)))
+
+
+def max_relative_diff(logits: np.ndarray, reference: np.ndarray) -> float:
+    """Max abs difference relative to the reference's largest magnitude (a quantised file's logit error)."""
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return max_abs_diff(logits, reference) / scale
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:

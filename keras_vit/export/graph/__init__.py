@@ -3,7 +3,8 @@
 Modules: ``edit`` (:class:`~.edit.GraphEditor`, a small mutable view of an ONNX graph), ``passes``
 (Dense-on-tokens, LayerNorm, GELU, BiasGelu rewrites), ``attention`` (each block's attention ->
 ``com.microsoft.Attention``), ``token_pruning`` (the last block for the class token only) and
-``fusion`` (:func:`fuse_vit`, the passes in order, and the fused-op counts).
+``fusion`` (:func:`fuse_vit`, the passes in order, and the fused-op counts); ``portable``
+(:func:`~.portable.portable_vit`: the same graph in standard ONNX ops only, opset 23, for ``--portable``).
 """
 
 from __future__ import annotations
