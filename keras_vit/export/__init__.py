@@ -1,4 +1,4 @@
-"""The library's converter: a Keras ViT to ONNX or a TensorFlow SavedModel, verified against Keras, with metadata.
+"""The library's converter: a Keras ViT to ONNX, LiteRT, a web page or a SavedModel, verified, with metadata.
 
 (Not to be confused with the edge kit in the repository's top-level ``export/`` folder, installed as
 ``keras_vit_edge``, which runs the exported files, nor with the ``keras-vit export`` command, which calls
@@ -10,7 +10,11 @@ this package.)
 
 Modules, by what a reader looks for:
 
-- ``onnx`` / ``saved_model``: the two pipelines (:func:`to_onnx`, :func:`to_saved_model`), tf2onnx;
+- :func:`export`: one export of any format, dispatched through :data:`PIPELINES`;
+- ``onnx`` / ``saved_model``: the two TensorFlow pipelines (:func:`to_onnx`, :func:`to_saved_model`), tf2onnx;
+- ``litert`` / ``litert_ops``: the LiteRT pipeline (``TFLiteConverter``, builtin ops only) and the ``.tflite``
+  file itself (signature, metadata, operators, running it with ``ai-edge-litert``);
+- ``web``: a static site around the verified ONNX file, with the page of ``export/web`` and onnxruntime-web;
 - ``options``: :class:`ExportOptions`, the one options object, and its checks;
 - ``source``: the model being exported (safe loading, description, serving function, first steps);
 - ``verify``: parity checks, the verify images, onnxruntime sessions, the export's errors;
