@@ -163,7 +163,8 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"Command: `{meta['command']}`", "",
              f"{meta['machine']}; onnxruntime {meta['onnxruntime']}, onnx {meta['onnx']}. Latency: onnxruntime CPU, "
              "1 thread, batch 1, median of interleaved rounds (shared machine: compare within a table only).", "",
-             "`vit_mnist`: trained briefly (the test fixture's recipe), verified on real MNIST test digits. "
+             f"`vit_mnist`: {meta.get('mnist_model', 'trained briefly (the test fixture recipe)')}, verified on real "
+             "MNIST test digits. "
              "`vit_tiny_patch16_224`: random weights (perturbed), verified on CIFAR-10 test images from the lossy "
              "JPEG copy resized to 224: parity, size and latency are meaningful, quantised agreement is not "
              "(random logits are near ties). The int8, int8-static and fp16 rows come from the library's own steps "
@@ -256,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure("vit_tiny_patch16_224", tiny, "cifar10", workdir, 200, args.rounds, with_timm=True))
     meta = {"command": "python -m benchmarks.onnx_formats " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "mnist_model": f"the given {Path(args.mnist_model).name}" if args.mnist_model
+            else "trained briefly (the test fixture recipe)"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
