@@ -157,10 +157,20 @@ SLOW_FIXTURES = {
 }
 
 
+#: The files that take longest, longest first (CI timings). In pytest-xdist workers (tests/run.sh: ``--dist
+#: loadfile --no-loadscope-reorder``) they start first, so that no long file is left to the end of the run.
+LONG_FILES = ("test_readme.py", "test_distribute.py", "test_notebooks.py", "test_cli.py", "test_training.py",
+              "test_benchmarks.py", "test_edge_runtime.py", "test_export_onnx.py", "test_fusion.py", "test_model.py",
+              "test_weights.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts the same way (a stable sort)
+        rank = {name: i for i, name in enumerate(LONG_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 # --- CI: a skip that tests/allowed_skips.py does not list is a failure -------------------------------
