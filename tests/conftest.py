@@ -101,7 +101,7 @@ def epochs_for_steps(samples: int, batch_size: int, steps: int) -> int:
 
 
 @pytest.fixture(scope="session")
-def trained_mnist_model(tmp_path_factory):
+def trained_mnist_model(tmp_path_factory, request):
     """A ``vit_mnist`` trained briefly (about 190 steps of batch 128) on MNIST, saved as ``.keras``; returns its path.
 
     Real MNIST's first 12,000 training digits for 2 epochs (188 steps) when found, else the sample
@@ -110,7 +110,22 @@ def trained_mnist_model(tmp_path_factory):
     classifier whose near-ties make the INT8 agreement check meaningful, and enough for export parity
     checks on real digits.
     Plain ``compile``/``fit`` on purpose: it must not depend on the code under test in the training module.
+    Under pytest-xdist (``-n 2``) the first worker that needs it trains it and the others wait for its file.
     """
+    if not hasattr(request.config, "workerinput"):  # one process (no xdist worker): train here
+        return _train_mnist_model(tmp_path_factory.mktemp("trained") / "vit_mnist.keras")
+    from filelock import FileLock
+
+    path = tmp_path_factory.getbasetemp().parent / "trained" / "vit_mnist.keras"  # shared by the workers
+    path.parent.mkdir(exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            _train_mnist_model(path)
+    return path
+
+
+def _train_mnist_model(path: Path) -> Path:
+    """The recipe of :func:`trained_mnist_model`, saved to ``path``."""
     import keras
 
     import keras_vit
@@ -125,7 +140,6 @@ def trained_mnist_model(tmp_path_factory):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.fit(x, y, batch_size=128, epochs=epochs_for_steps(len(x), 128, 188), verbose=0)
-    path = tmp_path_factory.mktemp("trained") / "vit_mnist.keras"
     model.save(path)
     return path
 
@@ -143,10 +157,20 @@ SLOW_FIXTURES = {
 }
 
 
+#: The files that take longest, longest first (CI timings). In pytest-xdist workers (tests/run.sh: ``--dist
+#: loadfile --no-loadscope-reorder``) they start first, so that no long file is left to the end of the run.
+LONG_FILES = ("test_readme.py", "test_distribute.py", "test_notebooks.py", "test_cli.py", "test_training.py",
+              "test_benchmarks.py", "test_edge_runtime.py", "test_export_onnx.py", "test_fusion.py", "test_model.py",
+              "test_weights.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts the same way (a stable sort)
+        rank = {name: i for i, name in enumerate(LONG_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 # --- CI: a skip that tests/allowed_skips.py does not list is a failure -------------------------------

@@ -5,6 +5,9 @@
 #   bash tests/run.sh -m "not slow"       # combined with `backends` for the JAX and PyTorch runs
 # A backend run that selects no test (pytest's exit code 5) is fine as long as one of the runs selected
 # some; each run prints its own summary line. Stops at the first run that fails.
+# The TensorFlow and JAX runs use $TEST_WORKERS pytest-xdist processes (default 2; 0 or 1: one process),
+# one test file per process at a time (--dist loadfile: a file's module fixtures are built once), the
+# longest files first (tests/conftest.py: LONG_FILES).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python -m ruff check keras_vit export tests benchmarks || exit 1
@@ -20,12 +23,18 @@ while (($#)); do  # a user's -m EXPR must not replace the `backends` marker of t
     esac
 done
 backends_marker="backends${marker:+ and ($marker)}"
+workers=${TEST_WORKERS:-2}
+xdist=()
+if ((workers > 1)); then
+    xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
+fi
 
 selected=0
-run() {  # run BACKEND MARKER: one pytest run; exit on failure
+run() {  # run BACKEND MARKER [OPTION...]: one pytest run; exit on failure
     local backend=$1 expr=$2 code
-    echo "=== KERAS_BACKEND=$backend pytest${expr:+ -m \"$expr\"} ${args[*]:-}"
-    KERAS_BACKEND=$backend python -m pytest -q ${expr:+-m "$expr"} ${args[@]+"${args[@]}"}
+    shift 2
+    echo "=== KERAS_BACKEND=$backend pytest${*:+ $*}${expr:+ -m \"$expr\"} ${args[*]:-}"
+    KERAS_BACKEND=$backend python -m pytest -q "$@" ${expr:+-m "$expr"} ${args[@]+"${args[@]}"}
     code=$?
     if ((code == 5)); then
         echo "=== $backend: no test selected"
@@ -36,9 +45,9 @@ run() {  # run BACKEND MARKER: one pytest run; exit on failure
         selected=1
     fi
 }
-run tensorflow "$marker"
-run jax "$backends_marker"
-run torch "$backends_marker"
+run tensorflow "$marker" ${xdist[@]+"${xdist[@]}"}
+run jax "$backends_marker" ${xdist[@]+"${xdist[@]}"}
+run torch "$backends_marker"  # about half a minute: not worth starting workers
 if ((!selected)); then
     echo "=== no test selected on any backend"
     exit 5

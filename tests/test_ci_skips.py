@@ -22,7 +22,7 @@ FAKE_TESTS = {
 }
 
 
-def run_suite(tmp_path: Path, files: list[str], ci: str | None) -> subprocess.CompletedProcess:
+def run_suite(tmp_path: Path, files: list[str], ci: str | None, *options: str) -> subprocess.CompletedProcess:
     tests = tmp_path / "tests"
     tests.mkdir(exist_ok=True)
     for name in ("conftest.py", "allowed_skips.py"):
@@ -33,7 +33,7 @@ def run_suite(tmp_path: Path, files: list[str], ci: str | None) -> subprocess.Co
     if ci is not None:
         env["CI"] = ci
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-                           *files], cwd=tests, env=env, capture_output=True, text=True, timeout=300)
+                           *options, *files], cwd=tests, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -44,6 +44,20 @@ def test_unlisted_skip_fails_under_ci_only(tmp_path, name):
     assert "tests/allowed_skips.py does not list" in done.stdout
     assert ("no data here" if name == "test_quiet.py" else "no_such_module_for_ci_test") in done.stdout
     assert run_suite(tmp_path, [name], ci=None).returncode in (0, 5)  # passed; or no tests collected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["test_quiet.py", "test_missing_module.py"])
+def test_unlisted_skip_fails_under_ci_with_xdist_workers(tmp_path, name):
+    """With ``-n 2`` (pytest-xdist, as tests/run.sh may run) the skips happen in the workers; still a failure."""
+    pytest.importorskip("xdist")
+    done = run_suite(tmp_path, [name], "true", "-n", "2")
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "tests/allowed_skips.py does not list" in done.stdout
+    assert ("no data here" if name == "test_quiet.py" else "no_such_module_for_ci_test") in done.stdout
+    if name == "test_quiet.py":
+        listed = run_suite(tmp_path, ["test_datasets.py"], "true", "-n", "2")
+        assert listed.returncode == 0 and "1 skipped" in listed.stdout, listed.stdout[-2000:]
 
 
 @pytest.mark.slow

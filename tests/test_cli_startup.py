@@ -204,8 +204,8 @@ def run_sh(tmp_path):
     stub.chmod(0o755)
 
     def run(*args, **exits):
-        env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "LOG": str(log),
-               **{k: str(v) for k, v in exits.items()}}
+        env = {**{k: v for k, v in os.environ.items() if k != "TEST_WORKERS"},
+               "PATH": f"{stub.parent}:{os.environ['PATH']}", "LOG": str(log), **{k: str(v) for k, v in exits.items()}}
         log.unlink(missing_ok=True)
         proc = subprocess.run(["bash", str(REPO / "tests" / "run.sh"), *args], capture_output=True, text=True,
                               env=env, timeout=60)
@@ -214,15 +214,27 @@ def run_sh(tmp_path):
 
 
 def test_run_sh_passes_filters_to_every_backend(run_sh):
-    code, runs, _ = run_sh("-k", "attention or patch", "-x")
+    code, runs, _ = run_sh("-k", "attention or patch", "-x", TEST_WORKERS=0)
     assert code == 0
     assert runs == ["tensorflow -q -k attention or patch -x", "jax -q -m backends -k attention or patch -x",
                     "torch -q -m backends -k attention or patch -x"]
-    code, runs, _ = run_sh("-q", "-m", "not slow", "tests/test_layers.py")
+    code, runs, _ = run_sh("-q", "-m", "not slow", "tests/test_layers.py", TEST_WORKERS=1)
     assert code == 0
     assert runs == ["tensorflow -q -m not slow tests/test_layers.py",
                     "jax -q -m backends and (not slow) tests/test_layers.py",
                     "torch -q -m backends and (not slow) tests/test_layers.py"]
+
+
+def test_run_sh_runs_tensorflow_and_jax_in_xdist_workers(run_sh):
+    """By default two pytest-xdist workers, a test file each at a time; $TEST_WORKERS sets how many."""
+    code, runs, stdout = run_sh("-m", "not slow", "-x")
+    assert code == 0
+    assert runs == ["tensorflow -q -n 2 --dist loadfile --no-loadscope-reorder -m not slow -x",
+                    "jax -q -n 2 --dist loadfile --no-loadscope-reorder -m backends and (not slow) -x",
+                    "torch -q -m backends and (not slow) -x"]
+    assert '=== KERAS_BACKEND=tensorflow pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" -x' in stdout
+    code, runs, _ = run_sh("-k", "cli", TEST_WORKERS=3)
+    assert code == 0 and runs[0] == "tensorflow -q -n 3 --dist loadfile --no-loadscope-reorder -k cli"
 
 
 def test_run_sh_accepts_backend_runs_that_select_nothing(run_sh):
