@@ -159,7 +159,8 @@ SLOW_FIXTURES = {
 
 #: The files that take longest, longest first (CI timings). In pytest-xdist workers (tests/run.sh: ``--dist
 #: loadfile --no-loadscope-reorder``) they start first, so that no long file is left to the end of the run.
-LONG_FILES = ("test_readme.py", "test_distribute.py", "test_notebooks.py", "test_cli.py", "test_training.py",
+LONG_FILES = ("test_readme.py", "test_distribute.py", "test_notebooks.py", "test_export_web.py", "test_cli.py",
+              "test_training.py", "test_export_litert.py",
               "test_benchmarks.py", "test_edge_runtime.py", "test_export_onnx.py", "test_fusion.py", "test_model.py",
               "test_weights.py")
 
