@@ -235,3 +235,28 @@ def test_verify_data_reads_keras_vit_data_never_developer_folders(tmp_path, monk
     data = load_verify_data("usps", (16, 16), 1, {"scale": 1 / 255, "mean": [0.5], "std": [0.5]})
     assert data.description == "3 images from usps" and data.labels.tolist() == [0, 1, 2]
     np.testing.assert_allclose(data.inputs, (9 / 255 - 0.5) / 0.5, rtol=1e-6)
+
+
+def test_portable_from_the_command_line_writes_standard_ops_only(capsys, tiny_keras):
+    import onnx
+
+    code, out, _ = run_cli(capsys, tiny_keras, "--portable", "--json")
+    report = json.loads(out)
+    path = tiny_keras.with_name("tiny.portable.onnx")
+    assert code == 0 and report["path"] == str(path) and report["runtimes"] == "any ONNX runtime with opset 23"
+    proto = onnx.load(path)
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert [node.op_type for node in proto.graph.node].count("Attention") == 1  # depth 1: one block
+    assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 23
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_calibration_data_of_the_wrong_shape_is_one_error_and_no_file(capsys, tiny_keras, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=np.zeros((4, 32, 32, 2), dtype=np.uint8))  # two channels
+    output = tmp_path / "static.onnx"
+    code, _, err = run_cli(capsys, tiny_keras, "--quantize", "int8-static", "--calibration-data",
+                           tmp_path / "calib.npz", "--output", output)
+    assert code == 2
+    message = one_error_line(err)
+    assert message.startswith(f"calibration data {tmp_path / 'calib.npz'} has images of shape (4, 32, 32, 2)")
+    assert not output.exists()
