@@ -273,7 +273,8 @@ def served(exported):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
+    """Playwright (one per module: its sync API runs once per thread) and Debian's chromium executable."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -283,9 +284,14 @@ def browser():
     if executable is None:
         pytest.fail("chromium is needed for the browser test: apt-get install chromium (or set $CHROMIUM).")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+        yield functools.partial(playwright.chromium.launch, executable_path=executable)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    launched = chromium(args=["--no-sandbox"])
+    yield launched
+    launched.close()
 
 
 def open_page(browser, url: str):
@@ -361,3 +367,86 @@ def test_drawn_digits_are_classified(exported, served, browser, tmp_path):
         (want,) = classifier.classify_paths([str(png)], top_k=1)
         assert want.top_k[0].label == digit
         page.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# --webgpu: onnxruntime-web's WebGPU build beside the WASM one (float models only)
+
+#: Chromium flags giving headless Chromium a WebGPU adapter without a GPU (SwiftShader, a CPU Vulkan).
+WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader",
+               "--enable-unsafe-swiftshader"]
+#: Max abs difference of top-k probabilities, WebGPU page vs export/infer.py (onnxruntime CPU): 3.9e-08 measured
+#: on SwiftShader for a vit_mnist (logits 1.2e-06 from WASM); real GPUs round differently, hence the margin.
+WEBGPU_PROBABILITY_TOLERANCE = 1e-4
+
+
+def test_webgpu_option_is_checked(model_path, tmp_path, capsys):
+    with pytest.raises(UserInputError, match="--webgpu applies to --format web only"):
+        ExportOptions(format="onnx", webgpu=True).checked()
+    assert ExportOptions(format="web", webgpu=True, optimize=True).checked().webgpu
+    code = main(["export", str(model_path), "--format", "web", "--quantize", "int8", "--webgpu",
+                 "--output", str(tmp_path / "site")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--webgpu applies to float models only" in err and "--quantize int8" in err
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.fixture(scope="module")
+def webgpu_site(exported, trained_mnist_model):
+    """The --optimize site of the same vit_mnist exported with --webgpu (beside the others, so `served` serves it)."""
+    site = exported["folder"] / "site_webgpu"
+    report = export(trained_mnist_model, site, ExportOptions(format="web", optimize=True, webgpu=True))
+    return {"site": site, "report": report}
+
+
+@pytest.fixture(scope="module")
+def webgpu_browser(chromium):
+    launched = chromium(args=WEBGPU_ARGS)
+    yield launched
+    launched.close()
+
+
+def test_webgpu_site_adds_the_webgpu_build(exported, webgpu_site):
+    site = webgpu_site["site"]
+    files = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())
+    runtime = [*web.RUNTIME_FILES, *web.WEBGPU_FILES]
+    assert files == sorted([*web.PAGE_FILES, "model.json", "model.onnx", *(f"ort/{n}" for n in runtime)])
+    assert json.loads((site / "model.json").read_text())["webgpu"] is True
+    assert json.loads((exported["site"] / "model.json").read_text())["webgpu"] is False
+    assert webgpu_site["report"].file_size == web.site_size(site)
+
+
+def test_page_on_webgpu_matches_infer_py(exported, webgpu_site, served, webgpu_browser):
+    """?ep=webgpu (SwiftShader's WebGPU): the same top-1 as export/infer.py, top-k probabilities within
+    WEBGPU_PROBABILITY_TOLERANCE; the latency line names the backend."""
+    images = exported["folder"] / "images"
+    images.mkdir(exist_ok=True)
+    _, (x_test, _) = load_mnist_arrays()
+    classifier = Classifier(webgpu_site["site"] / "model.onnx", threads=1)
+    diffs = []
+    for i in range(4):
+        Image.fromarray(x_test[i], "L").save(images / f"webgpu{i}.png")
+        (want,) = classifier.classify_paths([str(images / f"webgpu{i}.png")], top_k=5)
+        page = open_page(webgpu_browser, f"{served}/site_webgpu/index.html?image=../images/webgpu{i}.png&ep=webgpu")
+        assert page.text_content("#error") == "", i
+        assert page.get_attribute("#prediction", "data-backend") == "webgpu"
+        assert "WebGPU" in page.text_content("#latency") and "WebGPU" in page.text_content("#model-info")
+        assert page.text_content("#prediction") == want.top_k[0].label, i
+        top = {t["label"]: t["probability"] for t in json.loads(page.get_attribute("#prediction", "data-top-k"))}
+        diffs += [abs(top[t.label] - t.probability) for t in want.top_k if t.label in top]
+        page.close()
+    print(f"WebGPU vs onnxruntime CPU: max abs top-k probability diff {max(diffs):.2e}")
+    assert max(diffs) <= WEBGPU_PROBABILITY_TOLERANCE
+    page = open_page(webgpu_browser, f"{served}/site_webgpu/index.html?image=../images/webgpu0.png")
+    assert page.get_attribute("#prediction", "data-backend") == "wasm" and "WASM" in page.text_content("#latency")
+    assert page.is_visible("#backend")  # the choice is offered, WASM by default
+    assert page.input_value("#backend") == "wasm"
+    page.close()
+
+
+def test_webgpu_asked_where_unavailable_is_an_error(exported, served, webgpu_browser):
+    page = open_page(webgpu_browser, f"{served}/site/index.html?image=../images/webgpu0.png&ep=webgpu")
+    assert "exported without --webgpu" in page.text_content("#error") and page.text_content("#prediction") == ""
+    assert not page.is_visible("#backend")
+    page.close()

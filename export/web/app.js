@@ -1,15 +1,17 @@
 // The page of `keras-vit export --format web`: loads model.json (labels, preprocessing, written by the
 // exporter from the ONNX file's keras-vit metadata) and model.onnx, runs it with onnxruntime-web's WASM
-// build on one thread (works from any static server: threads would need cross-origin isolation headers).
+// build on one thread (works from any static server: threads would need cross-origin isolation headers),
+// or, when the site was exported with --webgpu and the browser has WebGPU, with its WebGPU build on request.
 //
 // The contract for scripts and tests:
 //   index.html?image=URL   classifies that image on load (&runs=N: then the median latency of N more
 //                          runs after up to 10 warm-up runs)
+//   &ep=wasm|webgpu        the backend (default wasm); webgpu where unavailable is an error, no fallback
 //   #prediction            its text is the top label; data-top-k holds the top-k as JSON
-//                          [{label, probability, index}], data-latency-ms the latency
+//                          [{label, probability, index}], data-latency-ms the latency, data-backend
+//                          the backend that ran (wasm | webgpu)
 //   #error                 any error (model missing, image unreadable), never silent
 //   body[data-state]       loading -> ready -> running -> done | error
-import * as ort from "./ort/ort.wasm.min.mjs";
 import { inputSpec, preprocess, softmax, topK } from "./preprocess.js";
 
 const TOP_K = 5;
@@ -17,9 +19,10 @@ const PAD_LINE_WIDTH = 22;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
-ort.env.wasm.numThreads = 1;
-ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+const BACKENDS = { wasm: "WASM", webgpu: "WebGPU" };
 
+let ort = null;
+let backend = "wasm";
 let session = null;
 let metadata = null;
 let spec = null;
@@ -47,19 +50,49 @@ async function fetchOk(url, what) {
 async function loadModel() {
   metadata = await (await fetchOk("model.json", "the model description")).json();
   spec = inputSpec(metadata);
+  backend = await chooseBackend();
+  ort = await import(backend === "webgpu" ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
+  ort.env.wasm.numThreads = 1;
+  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   const bytes = new Uint8Array(await (await fetchOk(metadata.model, "the model")).arrayBuffer());
   try {
-    session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+    session = await ort.InferenceSession.create(bytes, { executionProviders: [backend] });
   } catch (err) {
-    throw new Error(`onnxruntime-web cannot load ${metadata.model}: ${err.message || err}`);
+    throw new Error(`onnxruntime-web (${BACKENDS[backend]}) cannot load ${metadata.model}: ${err.message || err}`);
   }
   const [h, w] = metadata.image_size;
   const kind = metadata.quantize ? `${metadata.quantize}, ` : "";
   $("title").textContent = metadata.preset || metadata.name || "keras-vit";
   $("model-info").textContent =
     `${h}\u00d7${w}\u00d7${metadata.channels} input, ${metadata.class_names.length} classes ` +
-    `(${kind}onnxruntime-web ${ort.env.versions?.web ?? metadata.onnxruntime_web}, WASM, 1 thread)`;
+    `(${kind}onnxruntime-web ${ort.env.versions?.web ?? metadata.onnxruntime_web}, ${backendNote()})`;
   if (metadata.channels === 1) $("draw").hidden = false;
+}
+
+const backendNote = () => (backend === "webgpu" ? "WebGPU" : "WASM, 1 thread");
+
+/** The backend ?ep= asks for (default WASM); WebGPU only where the site ships it and the browser has it. */
+async function chooseBackend() {
+  const asked = (params.get("ep") || "wasm").toLowerCase();
+  if (!(asked in BACKENDS)) throw new Error(`unknown backend ep=${asked}: choose wasm or webgpu`);
+  const offered = Boolean(metadata.webgpu && navigator.gpu);
+  if (offered) {
+    const select = $("backend");
+    select.value = asked;
+    select.addEventListener("change", () => {
+      params.set("ep", select.value);
+      location.search = params.toString();  // reload with the other runtime
+    });
+    $("backend-choice").hidden = false;
+  }
+  if (asked === "webgpu") {
+    if (!metadata.webgpu) throw new Error("WebGPU was asked for, but this site was exported without --webgpu");
+    if (!navigator.gpu) throw new Error("WebGPU was asked for, but this browser has no WebGPU (navigator.gpu)");
+    if (!(await navigator.gpu.requestAdapter())) {
+      throw new Error("WebGPU was asked for, but this browser gives no WebGPU adapter");
+    }
+  }
+  return asked;
 }
 
 /** Logits -> probabilities as export/infer.py does: the graph's `probabilities` output, else a softmax. */
@@ -105,6 +138,7 @@ function render(top, latency, note) {
   prediction.textContent = top[0].label;
   prediction.dataset.topK = JSON.stringify(top);
   prediction.dataset.latencyMs = latency.toFixed(3);
+  prediction.dataset.backend = backend;
   const bars = $("bars");
   bars.replaceChildren(...top.map(({ label, probability }) => {
     const item = document.createElement("li");
@@ -117,7 +151,7 @@ function render(top, latency, note) {
     item.append(name, bar, value);
     return item;
   }));
-  $("latency").textContent = `${latency.toFixed(2)} ms per image (batch 1, ${note}, WASM, 1 thread)`;
+  $("latency").textContent = `${latency.toFixed(2)} ms per image (batch 1, ${note}, ${backendNote()})`;
   $("error").textContent = "";
   setState("done");
 }

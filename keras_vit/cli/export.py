@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", default=None, metavar="MODE",
                         help="int8 (dynamic range: int8 weights), int8-static (full integer, calibrated), fp16, "
                         "int16x8 (LiteRT: int16 activations); which apply depends on --format")
+    parser.add_argument("--webgpu", action="store_true",
+                        help="web: also ship onnxruntime-web's WebGPU build (float models only; WASM stays the "
+                        "default, the page offers WebGPU where the browser has it)")
     parser.add_argument("--calibration-data", default=None, metavar="NAME|FILE.npz",
                         help="images int8-static/int16x8 calibrate on (default: the verify images)")
     parser.add_argument("--verify-data", default=None, metavar="NAME|FILE.npz",
@@ -56,6 +59,7 @@ def run_export(args: argparse.Namespace):
         format=args.format, opset=args.opset, include_preprocessing=args.include_preprocessing,
         include_probabilities=args.include_probabilities, optimize=args.optimize, quantize=args.quantize,
         verify_data=args.verify_data, portable=args.portable, calibration_data=args.calibration_data,
+        webgpu=args.webgpu,
     ).checked()
     return export(args.model, args.output, options)
 

@@ -95,7 +95,8 @@ class ExportOptions:
     reads (default: the verify images), ``calibration_limit`` how many. ``include_preprocessing`` puts
     ``(raw * scale - mean) / std`` in the graph, whose input is then raw pixels of ``raw_input_dtype``;
     ``include_probabilities`` adds a
-    softmax output. ``verify_data`` names the images checked on (a dataset name or an ``.npz``), of which
+    softmax output. ``webgpu`` (``web``, float models only) adds onnxruntime-web's WebGPU build to the site.
+    ``verify_data`` names the images checked on (a dataset name or an ``.npz``), of which
     ``verify_limit`` are read; ``tolerance`` bounds the max abs logit difference against Keras.
     """
 
@@ -112,6 +113,7 @@ class ExportOptions:
     portable: bool = False
     calibration_data: str | None = None
     calibration_limit: int = CALIBRATION_LIMIT
+    webgpu: bool = False
 
     def checked(self) -> ExportOptions:
         """These options validated and normalised (``opset`` an int, ``quantize`` lower case).
@@ -125,6 +127,13 @@ class ExportOptions:
             raise UserInputError("--portable applies to --format onnx only.")
         opset = check_opset(self.opset) if export_format in ("onnx", "web") else self.opset
         quantize = check_quantize(self.quantize, export_format)
+        if self.webgpu and export_format != "web":
+            raise UserInputError("--webgpu applies to --format web only.")
+        if self.webgpu and quantize is not None:
+            raise UserInputError(
+                f"--webgpu applies to float models only: onnxruntime-web's WebGPU gives wrong results for "
+                f"--quantize {quantize} models (they run on WASM: drop --webgpu)."
+            )
         if self.calibration_data is not None and quantize not in CALIBRATED_QUANTIZATIONS:
             raise UserInputError(
                 f"--calibration-data applies to --quantize {' or '.join(CALIBRATED_QUANTIZATIONS)} only."

@@ -7,7 +7,8 @@ WASM build, pinned by ``export/web/package.json``::
     SITE/index.html, style.css, app.js, preprocess.js   the page (plain HTML, CSS, JavaScript modules)
     SITE/model.onnx                                      the verified model, with its keras-vit metadata
     SITE/model.json                                      labels, input size, preprocessing (from that metadata)
-    SITE/ort/ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}   onnxruntime-web, WASM only
+    SITE/ort/ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}   onnxruntime-web, WASM
+    SITE/ort/ort.webgpu.min.mjs, ort-wasm-simd-threaded.asyncify.{mjs,wasm}   with ``--webgpu``: its WebGPU build
 
 It runs offline from any static server (``python -m http.server -d SITE``): one WASM thread, so no
 cross-origin isolation headers are needed. Neither the page nor onnxruntime-web's files (14 MB of WASM)
@@ -39,6 +40,8 @@ PAGE_DIR = Path(__file__).resolve().parents[2] / "export" / "web"
 PAGE_FILES = ("index.html", "style.css", "app.js", "preprocess.js")
 #: onnxruntime-web's files the page loads: the WASM-only bundle, its loader and the one WASM binary.
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+#: With ``--webgpu``: the WebGPU bundle and the files it loads (onnxruntime-web 1.30 loads the asyncify build).
+WEBGPU_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 #: The environment variable naming another ``onnxruntime-web/dist`` folder.
 RUNTIME_ENV = "KERAS_VIT_ORT_WEB"
 #: The file that marks a folder as a site written here (so that an export may replace it).
@@ -59,13 +62,16 @@ def pinned_runtime_version(page_dir: Path | None = None) -> str:
     return package["dependencies"]["onnxruntime-web"]
 
 
-def find_runtime(page_dir: Path | None = None) -> Path:
-    """The folder holding :data:`RUNTIME_FILES` of the pinned onnxruntime-web, or a clear :class:`UserInputError`."""
+def find_runtime(page_dir: Path | None = None, webgpu: bool = False) -> Path:
+    """The folder holding :data:`RUNTIME_FILES` (and :data:`WEBGPU_FILES`) of the pinned onnxruntime-web.
+
+    A clear :class:`UserInputError` when it lacks one.
+    """
     page_dir = PAGE_DIR if page_dir is None else page_dir
     version = pinned_runtime_version(page_dir)
     override = os.environ.get(RUNTIME_ENV)
     dist = Path(override).expanduser() if override else page_dir / "node_modules" / "onnxruntime-web" / "dist"
-    missing = [name for name in RUNTIME_FILES if not (dist / name).is_file()]
+    missing = [name for name in runtime_files(webgpu) if not (dist / name).is_file()]
     if missing:
         where = f"${RUNTIME_ENV}={override}" if override else str(dist)
         raise UserInputError(
@@ -82,6 +88,11 @@ def find_runtime(page_dir: Path | None = None) -> Path:
     return dist
 
 
+def runtime_files(webgpu: bool) -> tuple[str, ...]:
+    """onnxruntime-web's files a site holds."""
+    return RUNTIME_FILES + (WEBGPU_FILES if webgpu else ())
+
+
 def check_site_output(path: str | os.PathLike) -> Path:
     """The site folder as an absolute path; refuses a file or a non-empty folder that is not a site written here."""
     path = Path(path).expanduser().absolute()
@@ -95,7 +106,7 @@ def check_site_output(path: str | os.PathLike) -> Path:
     return path
 
 
-def site_description(metadata: dict, quantize: str | None, runtime_version: str) -> dict:
+def site_description(metadata: dict, quantize: str | None, runtime_version: str, webgpu: bool = False) -> dict:
     """``model.json``: what the page needs, read from the ONNX file's keras-vit metadata."""
     return {
         "model": MODEL_FILE,
@@ -109,6 +120,7 @@ def site_description(metadata: dict, quantize: str | None, runtime_version: str)
         "quantize": quantize,
         "keras_vit_version": metadata.get("keras_vit_version"),
         "onnxruntime_web": runtime_version,
+        "webgpu": webgpu,
     }
 
 
@@ -127,17 +139,19 @@ def export_web(model_or_path, path: str | os.PathLike | None, options: ExportOpt
     options = options.checked()
     check_model_path(model_or_path)
     output = check_site_output(path if path is not None else default_output(model_or_path, "web"))
-    runtime = find_runtime()
+    runtime = find_runtime(webgpu=options.webgpu)
     version = pinned_runtime_version()
     with atomic_output(output, directory=True) as temporary:
         temporary.mkdir()
-        report = export_onnx(model_or_path, temporary / MODEL_FILE, dataclasses.replace(options, format="onnx"))
-        description = site_description(read_metadata(temporary / MODEL_FILE), options.quantize, version)
+        onnx_options = dataclasses.replace(options, format="onnx", webgpu=False)
+        report = export_onnx(model_or_path, temporary / MODEL_FILE, onnx_options)
+        description = site_description(read_metadata(temporary / MODEL_FILE), options.quantize, version,
+                                       options.webgpu)
         (temporary / SITE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         for name in PAGE_FILES:
             shutil.copyfile(PAGE_DIR / name, temporary / name)
         (temporary / "ort").mkdir()
-        for name in RUNTIME_FILES:
+        for name in runtime_files(options.webgpu):
             shutil.copyfile(runtime / name, temporary / "ort" / name)
         size = site_size(temporary)
     report.format = "web"
