@@ -6,7 +6,7 @@ Not a test. Run from the repository root::
     KERAS_VIT_DATA=... python -m benchmarks.onnx_formats [--mnist-model M.keras] [--out benchmarks/results/onnx_formats]
 
 ``vit_mnist`` is trained briefly like the test fixture (or given), verified on real MNIST test digits;
-``vit_tiny_patch16_224`` has random weights (perturbed, as in tests/test_fusion.py) and is verified on
+``vit_tiny_patch16_224`` has random weights (perturbed: keras_vit.testing.perturb_weights) and is verified on
 CIFAR-10 test images (the lossy JPEG copy) resized to 224: its parity and latency are meaningful, its
 quantised agreement is not (random logits are near ties). Latency: onnxruntime CPU, 1 thread, batch 1,
 medians of interleaved rounds (``keras_vit.export.optimize.interleaved_median_ms``).
@@ -32,20 +32,6 @@ import numpy as np  # noqa: E402
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def perturb(model, seed: int = 0) -> None:
-    """Kernels N(0, 1/fan_in), LayerNorm scales 1 + N(0, 0.2), vectors N(0, 0.1) (tests/test_fusion.py)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        noise = rng.standard_normal(shape).astype("float32")
-        if variable.name == "gamma":
-            variable.assign(1.0 + 0.2 * noise)
-        elif len(shape) == 2:
-            variable.assign(noise / np.sqrt(shape[0]))
-        else:
-            variable.assign(0.1 * noise if variable.name != "class_token" else 0.5 * noise)
 
 
 def timm_int8(workdir: Path, image_size: int) -> Path:
@@ -248,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             import keras
 
             import keras_vit
+            from keras_vit.testing import perturb_weights
 
             keras.utils.set_random_seed(0)
             model = keras_vit.create_model("vit_tiny_patch16_224", dropout=0.0)
-            perturb(model)
+            perturb_weights(model)
             tiny = workdir / "vit_tiny_patch16_224.keras"
             model.save(tiny)
             results.append(measure("vit_tiny_patch16_224", tiny, "cifar10", workdir, 200, args.rounds, with_timm=True))

@@ -12,10 +12,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 import keras  # noqa: E402
-from test_fusion import convert, max_diff_vs_keras, perturb  # noqa: E402
+from test_fusion import convert, max_diff_vs_keras  # noqa: E402
 
 from keras_vit.export import read_metadata, to_onnx  # noqa: E402
 from keras_vit.export.graph.portable import PORTABLE_OPSET, is_standard, portable_vit  # noqa: E402
+from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 

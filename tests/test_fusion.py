@@ -19,22 +19,9 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from keras_vit.export.graph.fusion import fuse_attention, fuse_vit, fused_op_counts  # noqa: E402
+from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 TOLERANCE = 1e-4
-
-
-def perturb(model, seed: int = 0) -> None:
-    """Every weight non-trivial: kernels N(0, 1/fan_in), LayerNorm scales 1 + N(0, 0.2), vectors N(0, 0.1)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        noise = rng.standard_normal(shape).astype("float32")
-        if variable.name == "gamma":
-            variable.assign(1.0 + 0.2 * noise)
-        elif len(shape) == 2:
-            variable.assign(noise / math.sqrt(shape[0]))
-        else:
-            variable.assign(0.1 * noise if variable.name != "class_token" else 0.5 * noise)
 
 
 def convert(model):

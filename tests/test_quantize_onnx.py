@@ -12,9 +12,9 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 import keras  # noqa: E402
-from test_fusion import perturb  # noqa: E402
 
 from keras_vit.export import ExportVerificationError, to_onnx  # noqa: E402
+from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
 

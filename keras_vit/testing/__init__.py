@@ -4,6 +4,7 @@ Nothing here is imported by ``keras_vit`` itself; importing this package does no
 (the functions do, when called).
 """
 
+from keras_vit.testing.keras_weights import perturb_weights
 from keras_vit.testing.timm_reference import (
     import_timm,
     make_timm_preset,
@@ -22,6 +23,7 @@ __all__ = [
     "make_timm_preset",
     "make_timm_vit",
     "perturb_parameters",
+    "perturb_weights",
     "random_images",
     "save_state_dict",
     "save_to_hub_cache",
