@@ -19,7 +19,6 @@ import os
 import re
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +31,6 @@ from keras_vit.export.source import (
     ModelDescription,
     check_model_path,
     default_output,
-    describe_model,
     is_path,
     prepare,
     serving_function,
@@ -43,9 +41,7 @@ from keras_vit.export.verify import (
     accuracy,
     keras_logits,
     load_calibration_data,
-    load_verify_data,
     max_abs_diff,
-    parity_indices,
     require_parity,
     split_batches,
     top1_agreement,
@@ -188,7 +184,8 @@ def export_litert(model_or_path, path: str | os.PathLike | None, options: Export
     check_model_path(model_or_path)
     output = check_output_folder(path if path is not None else default_output(model_or_path, "litert", quantize))
     if tf_subprocess.needs_subprocess():
-        check = None if is_path(model_or_path) or quantize else _source_check(model_or_path, options)
+        check = None if is_path(model_or_path) or quantize else tf_subprocess.source_check(
+            model_or_path, options, lambda path, feed: LiteRTRunner(path).run(feed)["logits"])
         report = tf_subprocess.export_in_subprocess(model_or_path, output, options, check=check)
         report.seconds = time.perf_counter() - start
         return report
@@ -272,20 +269,3 @@ def _agreement(runner: LiteRTRunner, prepared, feed: np.ndarray, quantize: str) 
             f"({len(feed)} images; at least {INT8_MIN_AGREEMENT:.0%} needed)"
         )
     return result
-
-
-def _source_check(model, options: ExportOptions):
-    """For an in-memory model under JAX/PyTorch: compare the child's float file with this process's model."""
-
-    def check(temporary: Path, report: ExportReport) -> None:
-        info = describe_model(model)
-        data = load_verify_data(options.verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
-        index = parity_indices(len(data))
-        feed = data.feed(options.include_preprocessing, options.input_dtype)[index]
-        logits = LiteRTRunner(temporary).run(feed)["logits"]
-        diff = max_abs_diff(logits, keras_logits(model, data.inputs[index]))
-        require_parity(diff, options.tolerance)
-        report.source_parity = {"backend": tf_subprocess.current_backend(), "max_abs_diff": diff,
-                                "samples": int(len(index)), "tolerance": options.tolerance}
-
-    return check

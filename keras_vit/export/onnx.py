@@ -21,7 +21,6 @@ from keras_vit.export.source import (
     ModelDescription,
     check_model_path,
     default_output,
-    describe_model,
     is_path,
     prepare,
     serving_function,
@@ -31,14 +30,9 @@ from keras_vit.export.verify import (
     PARITY_TOLERANCE,
     ExportVerificationError,
     check_graph_io,
-    keras_logits,
     load_calibration_data,
-    load_verify_data,
-    max_abs_diff,
     onnx_parity,
     ort_session,
-    parity_indices,
-    require_parity,
     run_onnx,
     top1_agreement,
 )
@@ -136,7 +130,8 @@ def export_onnx(model_or_path, path: str | os.PathLike | None, options: ExportOp
     tag = ".".join(part for part in ("portable" if options.portable else "", quantize or "") if part) or None
     output = check_output_folder(path if path is not None else default_output(model_or_path, "onnx", tag))
     if tf_subprocess.needs_subprocess():
-        check = None if is_path(model_or_path) or quantize else _source_check(model_or_path, options)
+        check = None if is_path(model_or_path) or quantize else tf_subprocess.source_check(
+            model_or_path, options, lambda path, feed: run_onnx(ort_session(path), feed)["logits"])
         report = tf_subprocess.export_in_subprocess(model_or_path, output, options, check=check)
         report.seconds = time.perf_counter() - start
         return report
@@ -244,20 +239,3 @@ def _verify_file(path: Path, outputs, parity_feed, reference, feed, float_logits
         )
     run_onnx(session, feed[: sum((17, 1))], [(0, 17), (17, 18)])  # dynamic batch: 17 and 1
     return {"agreement": agreement}
-
-
-def _source_check(model, options: ExportOptions):
-    """For an in-memory model under JAX/PyTorch: compare the child's float ONNX with this process's model."""
-
-    def check(temporary: Path, report: ExportReport) -> None:
-        info = describe_model(model)
-        data = load_verify_data(options.verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
-        index = parity_indices(len(data))
-        feed = data.feed(options.include_preprocessing, options.input_dtype)[index]
-        logits = run_onnx(ort_session(temporary), feed)["logits"]
-        diff = max_abs_diff(logits, keras_logits(model, data.inputs[index]))
-        require_parity(diff, options.tolerance)
-        report.source_parity = {"backend": tf_subprocess.current_backend(), "max_abs_diff": diff,
-                                "samples": int(len(index)), "tolerance": options.tolerance}
-
-    return check

@@ -14,7 +14,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from keras_vit.errors import KerasViTError
 from keras_vit.export.options import ExportOptions
@@ -37,6 +40,29 @@ def needs_subprocess() -> bool:
     if backend != "tensorflow" and os.environ.get(CHILD_ENV):
         raise KerasViTError(f"the export child process runs Keras on {backend}, not tensorflow.")
     return backend != "tensorflow"
+
+
+def source_check(model, options: ExportOptions, run_logits: Callable[[Path, np.ndarray], np.ndarray]):
+    """A ``check`` for :func:`export_in_subprocess` when the model is in memory under JAX or PyTorch.
+
+    The child converted a saved copy; this compares the written float file, run by
+    ``run_logits(path, feed)``, with this process's own model on 64 verify images (parity within
+    ``options.tolerance``), and records the figure as ``report.source_parity``.
+    """
+    from keras_vit.export.source import describe_model
+    from keras_vit.export.verify import keras_logits, load_verify_data, max_abs_diff, parity_indices, require_parity
+
+    def check(temporary: Path, report: ExportReport) -> None:
+        info = describe_model(model)
+        data = load_verify_data(options.verify_data, info.image_size, info.channels, info.preprocessing, limit=64)
+        index = parity_indices(len(data))
+        feed = data.feed(options.include_preprocessing, options.input_dtype)[index]
+        diff = max_abs_diff(run_logits(temporary, feed), keras_logits(model, data.inputs[index]))
+        require_parity(diff, options.tolerance)
+        report.source_parity = {"backend": current_backend(), "max_abs_diff": diff,
+                                "samples": int(len(index)), "tolerance": options.tolerance}
+
+    return check
 
 
 def export_in_subprocess(model_or_path, output: Path, options: ExportOptions, check=None) -> ExportReport:
