@@ -219,3 +219,28 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_sessionfinish(session, exitstatus):
     if _unexpected_collection_skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- Running a script where some packages cannot be imported ------------------------------------------
+
+#: ``python -c IMPORT_BLOCKER.format(blocked=NAMES, script=PATH) ARGS...`` runs ``PATH`` as ``__main__``
+#: with every import of a top-level package in ``NAMES`` failing, then prints on stderr the imports it
+#: refused and the blocked modules that ended up loaded: ``BLOCKED-ATTEMPTS [...] LOADED [...]``.
+IMPORT_BLOCKER = """
+import runpy, sys
+BLOCKED = {blocked!r}
+attempts = []
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ImportError(f"{{name}} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = [{script!r}] + sys.argv[1:]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+finally:
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print("BLOCKED-ATTEMPTS", attempts, "LOADED", loaded, file=sys.stderr)
+"""

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import IMPORT_BLOCKER, REPO_ROOT
 
 pytest.importorskip("ai_edge_litert")  # a missing dependency fails under CI=true (tests/allowed_skips.py)
 
@@ -23,21 +23,6 @@ INFER_PATH = REPO_ROOT / "export" / "infer.py"
 #: Importing any of these fails in the kit's process: a .tflite must run on ai-edge-litert alone.
 BLOCKED = ("onnxruntime", "tensorflow", "keras", "jax", "torch", "keras_vit")
 
-_BLOCKER = """
-import runpy, sys
-BLOCKED = {blocked!r}
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked in this test")
-        return None
-sys.meta_path.insert(0, Block())
-sys.argv = [{script!r}] + sys.argv[1:]
-try:
-    runpy.run_path({script!r}, run_name="__main__")
-finally:
-    print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED), file=sys.stderr)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +46,7 @@ def kit(tmp_path_factory):
 
 
 def run_kit(*args: str) -> subprocess.CompletedProcess:
-    wrapper = _BLOCKER.format(blocked=BLOCKED, script=str(INFER_PATH))
+    wrapper = IMPORT_BLOCKER.format(blocked=BLOCKED, script=str(INFER_PATH))
     return subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ""})
 

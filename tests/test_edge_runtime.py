@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IMPORT_BLOCKER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -162,28 +163,10 @@ def parse_text_line(line: str) -> tuple[str, list[tuple[str, float]]]:
 # (a) Only stdlib, numpy, onnxruntime (and Pillow): proven by running where frameworks cannot import
 # --------------------------------------------------------------------------------------------------
 
-_BLOCKER = """
-import runpy, sys
-BLOCKED = {blocked!r}
-attempts = []
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            attempts.append(name)
-            raise ImportError(f"{{name}} is blocked in this test")
-        return None
-sys.meta_path.insert(0, Block())
-sys.argv = [{script!r}] + sys.argv[1:]
-try:
-    runpy.run_path({script!r}, run_name="__main__")
-finally:
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    print("BLOCKED-ATTEMPTS", attempts, "LOADED", loaded, file=sys.stderr)
-"""
 
 
 def test_runs_where_keras_tensorflow_jax_torch_cannot_be_imported(kit):
-    wrapper = _BLOCKER.format(blocked=FRAMEWORKS, script=str(INFER_PATH))
+    wrapper = IMPORT_BLOCKER.format(blocked=FRAMEWORKS, script=str(INFER_PATH))
     result = subprocess.run(
         [sys.executable, "-c", wrapper, str(kit["model"]), str(kit["folder"]), str(kit["root"] / "digits.npz"),
          "--json", "--top-k", "3"],
