@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
@@ -16,13 +14,10 @@ from test_fusion import convert, max_diff_vs_keras  # noqa: E402
 
 from keras_vit.export import read_metadata, to_onnx  # noqa: E402
 from keras_vit.export.graph.portable import PORTABLE_OPSET, is_standard, portable_vit  # noqa: E402
+from keras_vit.export.optimize import op_counts as ops  # noqa: E402
 from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
-
-
-def ops(proto) -> Counter:
-    return Counter(node.op_type for node in proto.graph.node)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ rewrite that drops or swaps them pass, and tf2onnx folds zero biases away.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from keras_vit.export.graph.fusion import fuse_attention, fuse_vit, fused_op_counts  # noqa: E402
+from keras_vit.export.optimize import op_counts as ops  # noqa: E402
 from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -50,10 +50,6 @@ def max_diff_vs_keras(model, proto, batch_sizes=(1, 17)) -> float:
         assert got.shape == expected.shape
         worst = max(worst, float(np.max(np.abs(got - expected))))
     return worst
-
-
-def ops(proto) -> Counter:
-    return Counter(node.op_type for node in proto.graph.node)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,10 @@ onnx = pytest.importorskip("onnx")
 import keras  # noqa: E402
 
 from keras_vit.export import ExportVerificationError, to_onnx  # noqa: E402
+from keras_vit.export.optimize import op_counts as ops  # noqa: E402
 from keras_vit.testing import perturb_weights as perturb  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run on TensorFlow")
-
-
-def ops(proto) -> Counter:
-    return Counter(node.op_type for node in proto.graph.node)
 
 
 @pytest.fixture(scope="module")
