@@ -474,6 +474,28 @@ def _tflite_metadata(content: bytes, path: str) -> dict[str, str]:
             for key, value in values.items()}
 
 
+def _onnx_session(path: str, threads: int | None, providers: Sequence[str] | None):
+    """An onnxruntime session for ``path``: one inter-op thread, ``threads`` intra-op threads if given."""
+    ort = _ort()
+    providers = list(providers or ["CPUExecutionProvider"])
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise InferenceError(
+            f"execution provider {missing[0]} is not available in this onnxruntime build "
+            f"(available: {', '.join(ort.get_available_providers())})"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(path, sess_options=options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types for every failure
+        raise InferenceError(f"cannot load model {path}: not a valid ONNX model ({_short(err)})") from None
+    return session
+
+
 def _short(err: BaseException, limit: int = 200) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -686,27 +708,8 @@ class Classifier:
             if providers and list(providers) != ["CPUExecutionProvider"]:
                 raise InferenceError("--provider applies to ONNX models; a .tflite runs on LiteRT's CPU (XNNPACK)")
             self.session = _LiteRTSession(path, threads)
-            self.info = read_model_info(self.session, path, self.warn)
-            self.spec = self.info.spec
-            return
-        ort = _ort()
-        providers = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise InferenceError(
-                f"execution provider {missing[0]} is not available in this onnxruntime build "
-                f"(available: {', '.join(ort.get_available_providers())})"
-            )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types for every failure
-            raise InferenceError(f"cannot load model {path}: not a valid ONNX model ({_short(err)})") from None
-        self.threads = threads
+        else:
+            self.session = _onnx_session(path, threads, providers)
         self.info = read_model_info(self.session, path, self.warn)
         self.spec = self.info.spec
 
