@@ -39,15 +39,14 @@ from keras_vit.export.verify import (
     INT8_MIN_AGREEMENT,
     ExportVerificationError,
     accuracy,
+    check_parity,
     keras_logits,
     load_calibration_data,
     max_abs_diff,
-    require_parity,
     split_batches,
     top1_agreement,
 )
 from keras_vit.io import atomic_output, check_output_folder
-from keras_vit.preprocessing import softmax
 
 #: What each ``--quantize`` mode asks of the converter (reported as the quantisation's settings).
 MODE_SETTINGS = {
@@ -232,23 +231,12 @@ def export_litert(model_or_path, path: str | os.PathLike | None, options: Export
 
 
 def _float_parity(runner: LiteRTRunner, feed: np.ndarray, reference: np.ndarray, tolerance: float) -> dict:
-    """Max abs logit difference of the file against Keras at batch sizes 17, 1, rest; raises past ``tolerance``."""
+    """:func:`~keras_vit.export.verify.check_parity` at batch sizes 17, 1, rest, plus the diff relative to the
+    logit scale."""
     bounds = split_batches(len(feed))
-    outputs = runner.run(feed, bounds)
-    diff = max_abs_diff(outputs["logits"], reference)
-    result = {
-        "max_abs_diff": diff,
-        "relative_diff": diff / max(float(np.max(np.abs(reference))), 1e-12),
-        "logit_scale": float(np.max(np.abs(reference))),
-        "samples": int(len(feed)),
-        "batch_sizes": [stop - start for start, stop in bounds],
-        "tolerance": tolerance,
-    }
-    if "probabilities" in outputs:
-        result["probabilities_max_abs_diff"] = max_abs_diff(outputs["probabilities"], softmax(reference))
-    require_parity(diff, tolerance)
-    require_parity(result.get("probabilities_max_abs_diff", 0.0), tolerance)
-    return result
+    result = check_parity(runner.run(feed, bounds), reference, bounds, tolerance)
+    scale = float(np.max(np.abs(reference)))
+    return {**result, "relative_diff": result["max_abs_diff"] / max(scale, 1e-12), "logit_scale": scale}
 
 
 def _agreement(runner: LiteRTRunner, prepared, feed: np.ndarray, quantize: str) -> dict:

@@ -150,17 +150,16 @@ def require_parity(diff: float, tolerance: float = PARITY_TOLERANCE) -> None:
         )
 
 
-def onnx_parity(session, feed: np.ndarray, reference: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict:
-    """Run the ONNX session on ``feed`` (sub-batches 17, 1, rest) and compare with ``reference`` logits.
+def check_parity(outputs: dict[str, np.ndarray], reference: np.ndarray, bounds: list[tuple[int, int]],
+                 tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Compare an exported file's ``outputs`` (run in sub-batches ``bounds``) with Keras' ``reference`` logits.
 
-    Returns ``{"max_abs_diff", "samples", "batch_sizes"}`` (plus ``probabilities_max_abs_diff``);
-    raises :class:`ExportVerificationError` past ``tolerance``.
+    Returns ``{"max_abs_diff", "samples", "batch_sizes", "tolerance"}`` (plus ``probabilities_max_abs_diff``);
+    raises :class:`ExportVerificationError` past ``tolerance``. Every format's float check (ONNX, LiteRT).
     """
-    bounds = split_batches(len(feed))
-    outputs = run_onnx(session, feed, bounds)
     result = {
         "max_abs_diff": max_abs_diff(outputs["logits"], reference),
-        "samples": int(len(feed)),
+        "samples": int(len(reference)),
         "batch_sizes": [stop - start for start, stop in bounds],
         "tolerance": tolerance,
     }
@@ -169,6 +168,12 @@ def onnx_parity(session, feed: np.ndarray, reference: np.ndarray, tolerance: flo
     require_parity(result["max_abs_diff"], tolerance)
     require_parity(result.get("probabilities_max_abs_diff", 0.0), tolerance)
     return result
+
+
+def onnx_parity(session, feed: np.ndarray, reference: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Run the ONNX session on ``feed`` (sub-batches 17, 1, rest) and :func:`check_parity` against ``reference``."""
+    bounds = split_batches(len(feed))
+    return check_parity(run_onnx(session, feed, bounds), reference, bounds, tolerance)
 
 
 def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
