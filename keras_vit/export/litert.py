@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_vit.errors import KerasViTError, UserInputError
 from keras_vit.export import tf_subprocess
+from keras_vit.export.litert_graph import litert_concrete_function
 from keras_vit.export.litert_ops import LiteRTRunner, finish_flatbuffer, not_builtin, operators
 from keras_vit.export.options import CALIBRATED_QUANTIZATIONS, ExportOptions
 from keras_vit.export.report import ExportReport, build_metadata
@@ -82,9 +83,11 @@ def convert_to_litert(model, info: ModelDescription, options: ExportOptions,
         include_probabilities=options.include_probabilities, raw_input_dtype=options.input_dtype,
     )
     concrete = function.get_concrete_function()
+    # Frozen and rewritten for LiteRT's kernels (litert_graph): no shape arithmetic on the dynamic batch.
+    rewritten, _ = litert_concrete_function(concrete)
     # No trackable object: that path freezes every variable (with one, resource variables stay in the file).
     with _quiet_converter():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([rewritten])
     ops = tf.lite.OpsSet
     converter.target_spec.supported_ops = [ops.TFLITE_BUILTINS]
     converter.allow_custom_ops = False
