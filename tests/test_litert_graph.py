@@ -79,3 +79,21 @@ def test_reshape_to_a_runtime_shape_gets_a_constant_one():
     assert counts["dynamic_reshape"] == 1
     assert not {"Shape", "Pack", "StridedSlice"} & set(op_types(rewritten))
     same_values(original, rewritten, [None, 3, 5])
+
+
+def test_int16_kernels_rewrite_layer_norm_ops():
+    def layer_norm_like(x):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=-1, keepdims=True)
+        return (x + tf.negative(mean)) * tf.math.rsqrt(variance + 1e-6)
+
+    original = concrete(layer_norm_like, [None, 4, 8])
+    plain, counts = litert_concrete_function(original)
+    assert counts["squared_difference"] == counts["negation"] == counts["rsqrt"] == 0
+    assert {"SquaredDifference", "Neg", "Rsqrt"} <= set(op_types(plain)) and "Sqrt" not in op_types(plain)
+    int16, counts = litert_concrete_function(original, int16_kernels=True)
+    assert counts["squared_difference"] == counts["negation"] == counts["rsqrt"] == 1
+    ops = op_types(int16)
+    assert not {"SquaredDifference", "Neg"} & set(ops)
+    assert ops["Sub"] == 1 and ops["Sqrt"] == 1 and ops["Rsqrt"] == 1  # rsqrt(v) = rsqrt(sqrt(v)) ** 2
+    same_values(original, int16, [None, 4, 8])

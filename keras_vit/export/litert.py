@@ -56,7 +56,8 @@ MODE_SETTINGS = {
     "int8": "dynamic range: int8 weights, activations quantised at run time (optimizations=[DEFAULT])",
     "int8-static": "full integer: int8 weights and activations calibrated on images (TFLITE_BUILTINS_INT8), "
                    "float32 input and output",
-    "int16x8": "int16 activations, int8 weights, calibrated on images, float32 input and output",
+    "int16x8": "int16 activations, int8 weights, calibrated on images, float32 input and output "
+               "(LayerNorm's square root in float)",
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def convert_to_litert(model, info: ModelDescription, options: ExportOptions,
     )
     concrete = function.get_concrete_function()
     # Frozen and rewritten for LiteRT's kernels (litert_graph): no shape arithmetic on the dynamic batch.
-    rewritten, _ = litert_concrete_function(concrete)
+    rewritten, _ = litert_concrete_function(concrete, int16_kernels=options.quantize == "int16x8")
     # No trackable object: that path freezes every variable (with one, resource variables stay in the file).
     with _quiet_converter():
         converter = tf.lite.TFLiteConverter.from_concrete_functions([rewritten])
