@@ -72,7 +72,7 @@ def measure(name: str, keras_path: Path, workdir: Path, verify_data: str | None,
     result["onnx_sizes"] = {"optimized": onnx_report.file_size, "int8": int8_onnx.stat().st_size}
     image = _one_image(onnx_report)
     sessions = {"onnx optimized": ort_session(onnx_path, threads=1), "onnx int8": ort_session(int8_onnx, threads=1)}
-    sessions.update({f"tflite {label}": _LiteRTSession(path) for label, path in files.items() if label != "int16x8"})
+    sessions.update({f"tflite {label}": _LiteRTSession(path) for label, path in files.items()})
     result["latency_ms_batch1_1thread"] = interleaved_median_ms(sessions, image, rounds=rounds)
     print(name, json.dumps(result["latency_ms_batch1_1thread"]), flush=True)
     return result
