@@ -228,13 +228,13 @@ def test_in_memory_model_from_any_backend(tmp_path):
 def test_int16x8_runs_in_litert_and_agrees_with_keras(trained_mnist_model, tmp_path):
     """LiteRT 2.3 has no int16 SQUARED_DIFFERENCE (LayerNorm's variance) nor NEG kernel, and its int16 RSQRT is
     too coarse near zero: the int16x8 graph computes them as SUB/MUL and rsqrt(sqrt(v))**2 with the SQRT in
-    float, so the file runs (batches 1 and 7) and agrees with Keras (measured: 99.4 % on these 500 digits)."""
+    float, so the file runs (batches 1 and 7) and agrees with Keras (measured on these 500 MNIST digits with
+    the default 256 calibration images: 99.6 %; with 64 it was 99.0 %, too close to the bar)."""
     path = tmp_path / "m.int16x8.tflite"
-    report = export(trained_mnist_model, path, ExportOptions(format="litert", quantize="int16x8", verify_limit=500,
-                                                             calibration_limit=64))
+    report = export(trained_mnist_model, path, ExportOptions(format="litert", quantize="int16x8", verify_limit=500))
     q = report.quantization
     assert q["mode"] == "int16x8" and q["agreement"] >= 0.99 and q["samples"] == 500
-    assert q["calibration"] == "the first 64 verify images"
+    assert q["calibration"] == "the first 256 verify images"
     assert not {"SQUARED_DIFFERENCE", "NEG", "SHAPE", "PACK"} & set(report.operators)
     assert {"QUANTIZE", "DEQUANTIZE", "SUB", "FULLY_CONNECTED", "BATCH_MATMUL", "GELU"} <= set(report.operators)
     # Float results: LayerNorm's SQRT (13 LayerNorms), the class token's ZEROS_LIKE and the DEQUANTIZEs
