@@ -236,11 +236,7 @@ def rewrite_shrinking_slices(graph_def, shape_hints: dict | None = None) -> int:
         sliced.CopyFrom(node)
         sliced.name = _unique(f"{node.name}/keep_dims", names)
         sliced.attr["shrink_axis_mask"].i = 0
-        target = graph_def.node.add()
-        target.name = _unique(f"{node.name}/shape", names)
-        target.op = "Const"
-        target.attr["dtype"].type = _int32_enum()
-        target.attr["value"].tensor.CopyFrom(_tensor_proto([-1 if d is None else d for d in shape]))
+        target = _add_shape_constant(graph_def, names, f"{node.name}/shape", shape)
         controls = [name for name in node.input if name.startswith("^")]
         dtype = node.attr["T"].type
         node.op = "Reshape"
@@ -287,6 +283,37 @@ def _tensor_proto(values):
     return tf.make_tensor_proto(np.asarray(values, dtype=np.int32))
 
 
+def _add_node(graph_def, names: set[str], name: str, op: str, inputs: list[str], like=None):
+    """A new node ``op`` on ``inputs``, named ``name`` (made unique in ``names``); with ``like``, that node's
+    ``T`` attribute and device."""
+    node = graph_def.node.add()
+    node.name = _unique(name, names)
+    node.op = op
+    node.input.extend(inputs)
+    if like is not None:
+        node.attr["T"].CopyFrom(like.attr["T"])
+        if like.device:
+            node.device = like.device
+    return node
+
+
+def _add_shape_constant(graph_def, names: set[str], name: str, shape: list[int | None]):
+    """A new int32 ``Const`` node holding ``shape`` with ``-1`` for its unknown dimension (for a ``Reshape``)."""
+    node = _add_node(graph_def, names, name, "Const", [])
+    node.attr["dtype"].type = _int32_enum()
+    node.attr["value"].tensor.CopyFrom(_tensor_proto([-1 if d is None else d for d in shape]))
+    return node
+
+
+def _become_square(node, operand: str) -> None:
+    """Turn ``node`` into ``Mul(operand, operand)``, keeping its name, ``T`` and control inputs (so its
+    consumers are unchanged)."""
+    controls = [name for name in node.input if name.startswith("^")]
+    node.op = "Mul"
+    del node.input[:]
+    node.input.extend([operand, operand, *controls])
+
+
 def rewrite_dynamic_reshapes(graph_def, shape_hints: dict | None = None) -> int:
     """Give each ``Reshape`` whose new shape is computed at run time a constant one, when TensorFlow's shape
     inference knows every dimension of its result but the batch (``-1`` in the constant).
@@ -307,11 +334,7 @@ def rewrite_dynamic_reshapes(graph_def, shape_hints: dict | None = None) -> int:
         shape = shapes.get(node.name)
         if shape is None or sum(d is None for d in shape) > 1:
             continue
-        target = graph_def.node.add()
-        target.name = _unique(f"{node.name}/static_shape", names)
-        target.op = "Const"
-        target.attr["dtype"].type = _int32_enum()
-        target.attr["value"].tensor.CopyFrom(_tensor_proto([-1 if d is None else d for d in shape]))
+        target = _add_shape_constant(graph_def, names, f"{node.name}/static_shape", shape)
         node.input[1] = target.name
         node.attr["Tshape"].type = _int32_enum()
         rewritten += 1
@@ -328,17 +351,8 @@ def rewrite_squared_difference(graph_def) -> int:
     for node in list(graph_def.node):
         if node.op != "SquaredDifference":
             continue
-        difference = graph_def.node.add()
-        difference.name = _unique(f"{node.name}/difference", names)
-        difference.op = "Sub"
-        difference.input.extend(node.input[:2])
-        difference.attr["T"].CopyFrom(node.attr["T"])
-        if node.device:
-            difference.device = node.device
-        controls = list(node.input[2:])
-        node.op = "Mul"
-        del node.input[:]
-        node.input.extend([difference.name, difference.name, *controls])
+        difference = _add_node(graph_def, names, f"{node.name}/difference", "Sub", node.input[:2], like=node)
+        _become_square(node, difference.name)
         rewritten += 1
     return rewritten
 
@@ -357,9 +371,7 @@ def rewrite_negation(graph_def) -> int:
     for node in list(graph_def.node):
         if node.op != "Neg" or not tf.as_dtype(node.attr["T"].type).is_floating:
             continue
-        minus_one = graph_def.node.add()
-        minus_one.name = _unique(f"{node.name}/minus_one", names)
-        minus_one.op = "Const"
+        minus_one = _add_node(graph_def, names, f"{node.name}/minus_one", "Const", [])
         minus_one.attr["dtype"].type = node.attr["T"].type
         minus_one.attr["value"].tensor.CopyFrom(
             tf.make_tensor_proto(-1.0, dtype=tf.as_dtype(node.attr["T"].type), shape=[]))
@@ -384,20 +396,9 @@ def rewrite_rsqrt(graph_def) -> int:
     for node in list(graph_def.node):
         if node.op != "Rsqrt":
             continue
-        root = graph_def.node.add()
-        root.name = _unique(f"{node.name}/sqrt", names)
-        root.op = "Sqrt"
-        root.input.append(node.input[0])
-        root.attr["T"].CopyFrom(node.attr["T"])
-        half = graph_def.node.add()
-        half.name = _unique(f"{node.name}/rsqrt_of_sqrt", names)
-        half.op = "Rsqrt"
-        half.input.append(root.name)
-        half.attr["T"].CopyFrom(node.attr["T"])
-        controls = list(node.input[1:])
-        node.op = "Mul"
-        del node.input[:]
-        node.input.extend([half.name, half.name, *controls])
+        root = _add_node(graph_def, names, f"{node.name}/sqrt", "Sqrt", node.input[:1], like=node)
+        half = _add_node(graph_def, names, f"{node.name}/rsqrt_of_sqrt", "Rsqrt", [root.name], like=node)
+        _become_square(node, half.name)
         rewritten += 1
     return rewritten
 
